@@ -1,0 +1,13 @@
+//! Pure logic of the `tenancy` extension: everything that can be decided
+//! without a PostgreSQL server (slug rules, template specs and their DDL,
+//! provision options, error kinds and their SQLSTATEs). The extension crate
+//! only adapts this to SQL, so these rules are unit-tested with `cargo test`.
+
+pub mod batch;
+pub mod error;
+pub mod ident;
+pub mod options;
+pub mod slug;
+pub mod template;
+
+pub use error::{Problem, TenancyError};

@@ -1,0 +1,151 @@
+//! In-database tests of `tenancy` (`#[pg_test]`): each runs inside a
+//! transaction that is rolled back, against the installed extension. The
+//! background worker never sees this data; worker behaviour is tested from
+//! outside the server (`tests/`).
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn provision_makes_row_schema_and_tables() {
+        let (status, schema) = Spi::get_two::<String, String>(
+            "SELECT status::text, schema_name::text FROM tenancy.provision('acme', 'Acme Inc')",
+        )
+        .unwrap();
+        assert_eq!(status.as_deref(), Some("active"));
+        assert_eq!(schema.as_deref(), Some("tenant_acme"));
+        assert_eq!(
+            count("SELECT count(*) FROM pg_tables WHERE schemaname = 'tenant_acme'"),
+            3
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM tenancy.audit_log WHERE action = 'provision' AND tenant_slug = 'acme'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn provision_keeps_callers_search_path() {
+        Spi::run("SET search_path = public, tenancy").unwrap();
+        Spi::run("SELECT tenancy.provision('pathcheck')").unwrap();
+        let path = Spi::get_one::<String>("SHOW search_path").unwrap().unwrap();
+        assert_eq!(path, "public, tenancy");
+    }
+
+    #[pg_test]
+    fn trading_template_has_its_four_tables_and_indexes() {
+        Spi::run("SELECT tenancy.provision('trader1', NULL, 'trading')").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM pg_tables WHERE schemaname = 'tenant_trader1'"),
+            4
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM pg_indexes WHERE schemaname = 'tenant_trader1' AND indexname LIKE 'idx_%'"),
+            4
+        );
+    }
+
+    #[pg_test]
+    fn if_not_exists_returns_the_same_tenant() {
+        let a = Spi::get_one::<pgrx::Uuid>("SELECT id FROM tenancy.provision('twice')").unwrap();
+        let b = Spi::get_one::<pgrx::Uuid>(
+            "SELECT id FROM tenancy.provision('twice', options => '{\"if_not_exists\": true}')",
+        )
+        .unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[pg_test(error = "tenant \"dup\" already exists")]
+    fn duplicate_slug_fails() {
+        Spi::run("SELECT tenancy.provision('dup')").unwrap();
+        Spi::run("SELECT tenancy.provision('dup')").unwrap();
+    }
+
+    #[pg_test(error = "invalid tenant slug \"Bad\": it must start with a lowercase letter (a-z)")]
+    fn invalid_slug_fails() {
+        Spi::run("SELECT tenancy.provision('Bad')").unwrap();
+    }
+
+    #[pg_test(error = "template \"nope\" does not exist")]
+    fn unknown_template_fails() {
+        Spi::run("SELECT tenancy.provision('x1', NULL, 'nope')").unwrap();
+    }
+
+    #[pg_test]
+    fn register_template_versions() {
+        let spec = r#"'{"tables": ["CREATE TABLE notes (id int PRIMARY KEY)"]}'"#;
+        let v1 = Spi::get_one::<i32>(&format!(
+            "SELECT tenancy.register_template('notes', {spec})"
+        ));
+        let again = Spi::get_one::<i32>(&format!(
+            "SELECT tenancy.register_template('notes', {spec})"
+        ));
+        let v2 = Spi::get_one::<i32>(
+            r#"SELECT tenancy.register_template('notes', '{"tables": ["CREATE TABLE notes (id int PRIMARY KEY, body text)"]}')"#,
+        );
+        assert_eq!((v1, again, v2), (Ok(Some(1)), Ok(Some(1)), Ok(Some(2))));
+        Spi::run("SELECT tenancy.provision('noted', NULL, 'notes')").unwrap();
+        assert_eq!(
+            count("SELECT template_version FROM tenancy.tenants WHERE slug = 'noted'"),
+            2
+        );
+    }
+
+    #[pg_test(error = "template \"bad\" is not valid (2 problems)")]
+    fn bad_template_lists_problems() {
+        Spi::run(r#"SELECT tenancy.register_template('bad', '{"tables": [1], "nope": true}')"#)
+            .unwrap();
+    }
+
+    #[pg_test]
+    fn validate_reports_every_item() {
+        Spi::run("SELECT tenancy.provision('taken')").unwrap();
+        let invalid = count(
+            r#"SELECT count(*) FROM tenancy.validate('[{"slug": "ok1"}, {"slug": "taken"}, {"slug": "Bad"}, {"slug": "ok1"}, 3]') WHERE NOT valid"#,
+        );
+        assert_eq!(invalid, 4);
+        let valid = count(
+            r#"SELECT count(*) FROM tenancy.validate('[{"slug": "ok1"}, {"slug": "ok2", "template": "trading"}]') WHERE valid"#,
+        );
+        assert_eq!(valid, 2);
+    }
+
+    #[pg_test]
+    fn template_ddl_is_what_provision_runs() {
+        let n = count("SELECT count(*) FROM tenancy.template_ddl('trading', 'acme')");
+        assert_eq!(n, 2 + 4 + 4);
+        let first = Spi::get_one::<String>(
+            "SELECT s FROM tenancy.template_ddl('trading', 'acme') s LIMIT 1",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(first, "CREATE SCHEMA \"tenant_acme\"");
+    }
+
+    #[pg_test]
+    fn shipped_templates_are_loaded() {
+        assert_eq!(
+            count("SELECT count(*) FROM tenancy.templates WHERE shipped AND name IN ('default', 'trading', 'timeseries')"),
+            3
+        );
+    }
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'tenancy'"]
+    }
+}

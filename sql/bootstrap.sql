@@ -1,0 +1,76 @@
+-- Catalog of the tenancy extension. Loaded first, before any Rust function.
+
+CREATE TYPE tenancy.tenant_status AS ENUM
+    ('pending', 'provisioning', 'active', 'suspended', 'failed', 'archived', 'dropped');
+
+CREATE TABLE tenancy.templates (
+    name        text        NOT NULL,
+    version     integer     NOT NULL CHECK (version > 0),
+    spec        jsonb       NOT NULL,
+    description text,
+    -- rows loaded from templates/*.json at CREATE EXTENSION; not dumped, since
+    -- CREATE EXTENSION loads them again on restore
+    shipped     boolean     NOT NULL DEFAULT false,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    created_by  name        NOT NULL DEFAULT current_user,
+    PRIMARY KEY (name, version)
+);
+COMMENT ON TABLE tenancy.templates IS 'Every version of every template; a new version is added by tenancy.register_template';
+
+CREATE TABLE tenancy.tenants (
+    id                uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    slug              text        NOT NULL,
+    name              text,
+    status            tenancy.tenant_status NOT NULL DEFAULT 'pending',
+    isolation         text        NOT NULL DEFAULT 'schema' CHECK (isolation IN ('schema', 'shared')),
+    schema_name       name,
+    template          text        NOT NULL,
+    template_version  integer     NOT NULL,
+    domain            text,
+    email             text,
+    tenant_type       text,
+    settings          jsonb       NOT NULL DEFAULT '{}',
+    features          jsonb       NOT NULL DEFAULT '{}',
+    max_users         integer     CHECK (max_users >= 0),
+    max_storage_bytes bigint      CHECK (max_storage_bytes >= 0),
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    provisioned_at    timestamptz,
+    dropped_at        timestamptz,
+    created_by        name        NOT NULL DEFAULT current_user,
+    CONSTRAINT tenants_slug_key UNIQUE (slug),
+    CONSTRAINT tenants_template_fkey FOREIGN KEY (template, template_version)
+        REFERENCES tenancy.templates (name, version)
+);
+COMMENT ON TABLE tenancy.tenants IS 'One row per tenant; a dropped tenant stays as a tombstone (status dropped)';
+CREATE UNIQUE INDEX tenants_domain_key ON tenancy.tenants (domain)
+    WHERE domain IS NOT NULL AND status <> 'dropped';
+CREATE UNIQUE INDEX tenants_schema_name_key ON tenancy.tenants (schema_name)
+    WHERE schema_name IS NOT NULL AND status <> 'dropped';
+CREATE INDEX tenants_status_idx ON tenancy.tenants (status);
+CREATE INDEX tenants_template_idx ON tenancy.tenants (template, template_version);
+
+-- Every lifecycle operation: who, what, when, result. Partitioned by month;
+-- the default partition catches rows until maintenance has made their month.
+CREATE TABLE tenancy.audit_log (
+    id          bigint      GENERATED ALWAYS AS IDENTITY,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    actor       name        NOT NULL DEFAULT current_user,
+    action      text        NOT NULL,
+    tenant_id   uuid,
+    tenant_slug text,
+    details     jsonb       NOT NULL DEFAULT '{}',
+    result      text        NOT NULL DEFAULT 'ok' CHECK (result IN ('ok', 'error')),
+    sqlstate    text,
+    error       text,
+    duration_ms double precision,
+    PRIMARY KEY (id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE tenancy.audit_log_default PARTITION OF tenancy.audit_log DEFAULT;
+CREATE INDEX audit_log_tenant_idx ON tenancy.audit_log (tenant_id, at);
+COMMENT ON TABLE tenancy.audit_log IS 'Every lifecycle operation on tenants and templates; partitioned by month';
+
+SELECT pg_catalog.pg_extension_config_dump('tenancy.templates', 'WHERE NOT shipped');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.tenants', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_log_default', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_log_id_seq', '');

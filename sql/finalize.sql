@@ -1,0 +1,49 @@
+-- SQL-language parts of the API, loaded after the Rust functions exist.
+
+-- Creates or extends the month partitions of a range-partitioned table:
+-- the current period and `premake` ahead. Returns how many it made.
+CREATE FUNCTION tenancy._premake_partitions(p_schema name, p_table name, p_unit text, p_premake integer)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    step interval := ('1 ' || p_unit)::interval;
+    lo timestamp;
+    part name;
+    made integer := 0;
+BEGIN
+    FOR i IN 0..p_premake LOOP
+        lo := date_trunc(p_unit, localtimestamp) + i * step;
+        part := p_table || '_p' || to_char(lo, 'YYYYMMDD');
+        IF to_regclass(format('%I.%I', p_schema, part)) IS NULL THEN
+            EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                           p_schema, part, p_schema, p_table, lo, lo + step);
+            made := made + 1;
+        END IF;
+    END LOOP;
+    RETURN made;
+END
+$$;
+
+CREATE FUNCTION tenancy.provision(
+    slug text,
+    name text DEFAULT NULL,
+    template text DEFAULT 'default',
+    options jsonb DEFAULT '{}'
+) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    tenant_id uuid;
+    result tenancy.tenants;
+BEGIN
+    tenant_id := tenancy._provision(slug, name, template, options);
+    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = tenant_id;
+    RETURN result;
+END
+$$;
+COMMENT ON FUNCTION tenancy.provision(text, text, text, jsonb) IS
+    'Creates a tenant (catalog row, schema, every object of its template) in the caller''s transaction: all or nothing';
+
+SELECT tenancy._load_shipped_templates();

@@ -1,0 +1,5 @@
+//! What users call: one file per area of the SQL surface.
+
+mod provision;
+mod templates;
+mod validate;

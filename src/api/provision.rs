@@ -1,0 +1,116 @@
+//! `tenancy.provision`: one tenant, atomically, in the caller's transaction.
+//! The SQL wrapper in `sql/finalize.sql` returns the `tenancy.tenants` row.
+
+use crate::catalog::{self, AuditEntry, NewTenant};
+use crate::error::{raise, OrRaise};
+use crate::schema_builder::{build_schema, check_prerequisites};
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::json;
+use std::time::Instant;
+use tenancy_core::options::{parse_provision_options, Isolation};
+use tenancy_core::slug::validate_slug;
+use tenancy_core::TenancyError;
+
+#[pg_extern(name = "_provision")]
+fn provision_internal(
+    slug: Option<&str>,
+    name: Option<&str>,
+    template: Option<&str>,
+    options: Option<JsonB>,
+) -> Uuid {
+    let started = Instant::now();
+    let slug = validate_slug(slug).or_raise();
+    let options = parse_provision_options(options.as_ref().map(|j| &j.0)).or_raise();
+    if options.isolation == Isolation::Shared {
+        raise(TenancyError::NotSupported(
+            "isolation \"shared\" is not available yet; use \"schema\"".into(),
+        ));
+    }
+    let template_name = template.unwrap_or("default");
+    let template = catalog::latest_template(template_name);
+    let timescale_schema = check_prerequisites(&template);
+    let schema = template.spec.schema_name(slug);
+
+    // The catalog row comes first: its unique keys serialize two callers
+    // racing for one slug before either creates anything.
+    let inserted = catalog::insert_tenant(&NewTenant {
+        slug,
+        name,
+        template: &template,
+        schema_name: &schema,
+        options: &options,
+    });
+    let Some(id) = inserted else {
+        return existing_or_conflict(slug, &template.name, &options, &schema);
+    };
+
+    build_schema(&template, &schema, timescale_schema.as_deref());
+
+    catalog::audit(AuditEntry {
+        action: "provision",
+        tenant_id: Some(id),
+        tenant_slug: Some(slug),
+        details: json!({
+            "template": template.name,
+            "template_version": template.version,
+            "schema": schema,
+            "isolation": options.isolation.as_str(),
+        }),
+        duration_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+    });
+    id
+}
+
+/// The insert found a unique key taken: return the existing tenant when
+/// `if_not_exists` allows it, or say which key is taken.
+fn existing_or_conflict(
+    slug: &str,
+    template: &str,
+    options: &tenancy_core::options::ProvisionOptions,
+    schema: &str,
+) -> Uuid {
+    if let Some(t) = catalog::tenant_by_slug(slug) {
+        if t.status == "dropped" || t.status == "archived" {
+            raise(TenancyError::WrongStatus {
+                slug: slug.into(),
+                status: t.status,
+                action: "provisioning its slug again".into(),
+            });
+        }
+        if options.if_not_exists
+            && t.template == template
+            && t.isolation == options.isolation.as_str()
+        {
+            return t.id;
+        }
+        if options.if_not_exists {
+            raise(TenancyError::TenantMismatch {
+                slug: slug.into(),
+                differences: format!(
+                    "It has template {:?} and isolation {:?}; this call asked for {template:?} and {:?}.",
+                    t.template,
+                    t.isolation,
+                    options.isolation.as_str()
+                ),
+            });
+        }
+        raise(TenancyError::DuplicateTenant(slug.into()));
+    }
+    if let Some(domain) = &options.domain {
+        if let Some(holder) = catalog::domain_holder(domain) {
+            raise(TenancyError::DuplicateDomain {
+                domain: domain.clone(),
+                holder,
+            });
+        }
+    }
+    if let Some(holder) = catalog::schema_holder(schema) {
+        raise(TenancyError::SchemaTaken {
+            schema: schema.into(),
+            holder,
+        });
+    }
+    // The conflicting row was deleted between our insert and this look-up.
+    raise(TenancyError::DuplicateTenant(slug.into()))
+}

@@ -1,0 +1,82 @@
+//! Templates: registering versions, loading the shipped ones, showing DDL.
+
+use crate::catalog::{self, AuditEntry};
+use crate::error::OrRaise;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use tenancy_core::slug::validate_slug;
+use tenancy_core::template::{parse_spec, validate_template_name, SHIPPED};
+
+fn register(name: &str, spec: &Value, shipped: bool) -> i32 {
+    validate_template_name(name).or_raise();
+    let parsed = parse_spec(name, spec).or_raise();
+    // Two sessions registering one template must not pick the same version.
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.template:' || $1))",
+        &[name.into()],
+    )
+    .or_raise();
+    let latest = Spi::get_two_with_args::<i32, bool>(
+        "SELECT version, spec = $2 FROM tenancy.templates WHERE name = $1 ORDER BY version DESC LIMIT 1",
+        &[name.into(), JsonB(spec.clone()).into()],
+    );
+    let next = match latest {
+        // The same spec again is the same version: loading twice is harmless.
+        Ok((Some(version), Some(true))) => return version,
+        Ok((Some(version), _)) => version + 1,
+        _ => 1,
+    };
+    Spi::run_with_args(
+        "INSERT INTO tenancy.templates (name, version, spec, description, shipped) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            name.into(),
+            next.into(),
+            JsonB(spec.clone()).into(),
+            parsed.description.as_deref().into(),
+            shipped.into(),
+        ],
+    )
+    .or_raise();
+    catalog::audit(AuditEntry {
+        action: "register_template",
+        tenant_id: None,
+        tenant_slug: None,
+        details: json!({"template": name, "version": next, "shipped": shipped}),
+        duration_ms: None,
+    });
+    next
+}
+
+/// Adds a version of a template and returns its number. A spec equal to the
+/// newest version's returns that version instead of adding one.
+#[pg_extern]
+fn register_template(name: &str, spec: JsonB) -> i32 {
+    register(name, &spec.0, false)
+}
+
+/// Loads `templates/*.json` (compiled into the library) at CREATE EXTENSION.
+#[pg_extern(name = "_load_shipped_templates")]
+fn load_shipped_templates() -> i32 {
+    let mut loaded = 0;
+    for (name, text) in SHIPPED {
+        let spec: Value = serde_json::from_str(text).expect("shipped template is valid JSON");
+        register(name, &spec, true);
+        loaded += 1;
+    }
+    loaded
+}
+
+/// The DDL that `provision` runs for a tenant, as a client would send it in
+/// one transaction: to read, to review, or to measure against.
+#[pg_extern]
+fn template_ddl(template: &str, slug: &str) -> SetOfIterator<'static, String> {
+    let slug = validate_slug(Some(slug)).or_raise();
+    let t = catalog::latest_template(template);
+    let ts = catalog::extension_schema("timescaledb")
+        .map(|s| format!("{}.create_hypertable", tenancy_core::ident::quote_ident(&s)));
+    let script = t
+        .spec
+        .client_script(&t.spec.schema_name(slug), ts.as_deref());
+    SetOfIterator::new(script)
+}

@@ -1,0 +1,74 @@
+//! `tenancy.validate`: the checks a batch gets, without queueing anything.
+
+use crate::catalog;
+use crate::error::OrRaise;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use std::collections::HashMap;
+use tenancy_core::batch::{check_items, items_of, names_in, ItemReport, Known};
+
+/// Looks up, in one query each, what the checks of these items need.
+pub fn known_for(items: &[serde_json::Value]) -> Known {
+    let (slugs, templates) = names_in(items);
+    let taken = Spi::connect(|client| {
+        let mut taken = HashMap::new();
+        for row in client.select(
+            "SELECT slug, status::text FROM tenancy.tenants WHERE slug = ANY($1)",
+            None,
+            &[slugs.into()],
+        )? {
+            if let (Some(s), Some(st)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
+                taken.insert(s, st);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(taken)
+    })
+    .or_raise();
+    let templates = Spi::connect(|client| {
+        let mut found = HashMap::new();
+        for row in client.select(
+            "SELECT DISTINCT ON (name) name, jsonb_array_length(coalesce(spec->'timescale_tables', '[]')) > 0 \
+             FROM tenancy.templates WHERE name = ANY($1) ORDER BY name, version DESC",
+            None,
+            &[templates.into()],
+        )? {
+            if let (Some(n), Some(ts)) = (row.get::<String>(1)?, row.get::<bool>(2)?) {
+                found.insert(n, ts);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(found)
+    })
+    .or_raise();
+    Known {
+        taken,
+        templates,
+        timescaledb_installed: catalog::extension_schema("timescaledb").is_some(),
+    }
+}
+
+pub fn check(tenants: &serde_json::Value) -> Vec<ItemReport> {
+    let items = items_of(tenants).or_raise();
+    check_items(items, &known_for(items))
+}
+
+#[pg_extern]
+fn validate(
+    tenants: JsonB,
+) -> TableIterator<
+    'static,
+    (
+        name!(ordinal, i32),
+        name!(slug, Option<String>),
+        name!(valid, bool),
+        name!(errors, Vec<String>),
+    ),
+> {
+    let rows: Vec<_> = check(&tenants.0)
+        .into_iter()
+        .map(|r| {
+            let valid = r.valid();
+            (r.ordinal as i32, r.slug, valid, r.errors)
+        })
+        .collect();
+    TableIterator::new(rows)
+}

@@ -1,0 +1,161 @@
+//! Reads and writes of the tenancy catalog tables. Values always travel as
+//! SPI parameters; identifiers never come from here into SQL text.
+
+use crate::error::{raise, OrRaise};
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::Value;
+use tenancy_core::options::ProvisionOptions;
+use tenancy_core::template::{parse_spec, TemplateSpec};
+use tenancy_core::TenancyError;
+
+pub struct Template {
+    pub name: String,
+    pub version: i32,
+    pub spec: TemplateSpec,
+}
+
+/// `get_one` that reads "no row" as `None` instead of an error.
+pub fn one_or_none<T>(r: Result<Option<T>, pgrx::spi::Error>) -> Option<T> {
+    match r {
+        Ok(v) => v,
+        Err(pgrx::spi::Error::InvalidPosition) => None,
+        Err(e) => Err::<Option<T>, _>(e).or_raise(),
+    }
+}
+
+/// The newest version of a template, or 42704.
+pub fn latest_template(name: &str) -> Template {
+    let row = Spi::get_two_with_args::<i32, JsonB>(
+        "SELECT version, spec FROM tenancy.templates WHERE name = $1 ORDER BY version DESC LIMIT 1",
+        &[name.into()],
+    );
+    let (version, spec) = match row {
+        Ok((Some(v), Some(s))) => (v, s),
+        Ok(_) | Err(pgrx::spi::Error::InvalidPosition) => {
+            raise(TenancyError::UnknownTemplate(name.to_string()))
+        }
+        Err(e) => Err::<(i32, JsonB), _>(e).or_raise(),
+    };
+    // A stored spec was checked when registered; parse it again to use it.
+    let spec = parse_spec(name, &spec.0).or_raise();
+    Template {
+        name: name.to_string(),
+        version,
+        spec,
+    }
+}
+
+/// The schema an extension is installed in, when it is installed.
+pub fn extension_schema(extname: &str) -> Option<String> {
+    one_or_none(Spi::get_one_with_args::<String>(
+        "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = $1",
+        &[extname.into()],
+    ))
+}
+
+pub struct NewTenant<'a> {
+    pub slug: &'a str,
+    pub name: Option<&'a str>,
+    pub template: &'a Template,
+    pub schema_name: &'a str,
+    pub options: &'a ProvisionOptions,
+}
+
+/// Inserts the catalog row. `None` when a unique key (slug, domain, schema)
+/// is already held; a concurrent insert of the same slug waits for the other
+/// transaction first, so exactly one of two racing callers gets a row.
+pub fn insert_tenant(t: &NewTenant) -> Option<Uuid> {
+    let o = t.options;
+    one_or_none(Spi::get_one_with_args::<Uuid>(
+        "INSERT INTO tenancy.tenants AS t (slug, name, status, isolation, schema_name, template, \
+             template_version, domain, email, tenant_type, settings, features, max_users, \
+             max_storage_bytes, provisioned_at) \
+         VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now()) \
+         ON CONFLICT DO NOTHING RETURNING t.id",
+        &[
+            t.slug.into(),
+            t.name.into(),
+            o.isolation.as_str().into(),
+            t.schema_name.into(),
+            t.template.name.as_str().into(),
+            t.template.version.into(),
+            o.domain.as_deref().into(),
+            o.email.as_deref().into(),
+            o.tenant_type.as_deref().into(),
+            JsonB(o.settings.clone()).into(),
+            JsonB(o.features.clone()).into(),
+            o.max_users.map(|v| v as i32).into(),
+            o.max_storage_bytes.into(),
+        ],
+    ))
+}
+
+pub struct ExistingTenant {
+    pub id: Uuid,
+    pub status: String,
+    pub template: String,
+    pub isolation: String,
+}
+
+pub fn tenant_by_slug(slug: &str) -> Option<ExistingTenant> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT id, status::text, template, isolation FROM tenancy.tenants WHERE slug = $1",
+            Some(1),
+            &[slug.into()],
+        )?;
+        for row in rows {
+            return Ok(Some(ExistingTenant {
+                id: row.get::<Uuid>(1)?.expect("id is not null"),
+                status: row.get::<String>(2)?.unwrap_or_default(),
+                template: row.get::<String>(3)?.unwrap_or_default(),
+                isolation: row.get::<String>(4)?.unwrap_or_default(),
+            }));
+        }
+        Ok::<_, pgrx::spi::Error>(None)
+    })
+    .or_raise()
+}
+
+/// The slug of the live tenant that holds a domain.
+pub fn domain_holder(domain: &str) -> Option<String> {
+    one_or_none(Spi::get_one_with_args::<String>(
+        "SELECT slug FROM tenancy.tenants WHERE domain = $1 AND status <> 'dropped'",
+        &[domain.into()],
+    ))
+}
+
+/// The live tenant whose schema has this name.
+pub fn schema_holder(schema: &str) -> Option<String> {
+    one_or_none(Spi::get_one_with_args::<String>(
+        "SELECT slug FROM tenancy.tenants WHERE schema_name = $1 AND status <> 'dropped'",
+        &[schema.into()],
+    ))
+}
+
+pub struct AuditEntry<'a> {
+    pub action: &'a str,
+    pub tenant_id: Option<Uuid>,
+    pub tenant_slug: Option<&'a str>,
+    pub details: Value,
+    pub duration_ms: Option<f64>,
+}
+
+/// Records an operation in the audit log, in the caller's transaction: it
+/// commits or rolls back with the operation it describes.
+pub fn audit(e: AuditEntry) {
+    Spi::run_with_args(
+        "INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details, duration_ms) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            e.action.into(),
+            e.tenant_id.into(),
+            e.tenant_slug.into(),
+            JsonB(e.details).into(),
+            e.duration_ms.into(),
+        ],
+    )
+    .or_raise()
+}

@@ -1,0 +1,100 @@
+//! Builds a tenant schema from a template, in the caller's transaction.
+//! A failing statement aborts the whole transaction (nothing is left), and
+//! its error keeps its own SQLSTATE with the template and statement added.
+
+use crate::catalog::{extension_schema, Template};
+use crate::error::{raise, raise_with, OrRaise};
+use crate::guc_scope::GucScope;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+use tenancy_core::ident::{qualified, quote_ident};
+use tenancy_core::TenancyError;
+
+/// Runs one template statement; on error re-raises it with its origin.
+fn run_statement(template: &Template, total: usize, number: usize, origin: &str, sql: &str) {
+    PgTryBuilder::new(AssertUnwindSafe(|| Spi::run(sql).or_raise()))
+        .catch_others(|e| {
+            let report = match &e {
+                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+                CaughtError::RustPanic { .. } => e.rethrow(),
+            };
+            let mut preview: String = sql.chars().take(200).collect();
+            if preview.len() < sql.len() {
+                preview.push_str("...");
+            }
+            let mut detail = format!(
+                "template {:?} version {}, statement {number} of {total} ({origin}): {preview}",
+                template.name, template.version
+            );
+            if let Some(d) = report.detail() {
+                detail = format!("{d}\n{detail}");
+            }
+            raise_with(
+                report.sql_error_code(),
+                report.message().to_string(),
+                Some(detail),
+                report.hint().map(str::to_string),
+            )
+        })
+        .execute()
+}
+
+/// Fails with 55000 before anything is built when the template needs
+/// TimescaleDB and it is not installed; returns its schema otherwise.
+pub fn check_prerequisites(template: &Template) -> Option<String> {
+    if template.spec.timescale_tables.is_empty() {
+        return None;
+    }
+    match extension_schema("timescaledb") {
+        Some(schema) => Some(schema),
+        None => raise(TenancyError::MissingExtension {
+            template: template.name.clone(),
+            extension: "timescaledb".into(),
+        }),
+    }
+}
+
+/// Creates `schema` and every object of the template in it.
+pub fn build_schema(template: &Template, schema: &str, timescale_schema: Option<&str>) {
+    Spi::run(&format!("CREATE SCHEMA {}", quote_ident(schema))).or_raise();
+    let statements = template.spec.schema_statements();
+    {
+        let scope = GucScope::new();
+        // Template SQL uses unqualified names: they land in the tenant schema.
+        scope.set("search_path", &format!("{}, public", quote_ident(schema)));
+        let total = statements.len();
+        for s in &statements {
+            run_statement(template, total, s.number, &s.origin, &s.sql);
+        }
+    }
+    if let Some(ts) = timescale_schema {
+        for t in &template.spec.timescale_tables {
+            let sql = format!(
+                "SELECT {}.create_hypertable($1::regclass, $2::name, chunk_time_interval => $3::interval)",
+                quote_ident(ts)
+            );
+            Spi::run_with_args(
+                &sql,
+                &[
+                    qualified(schema, &t.name).into(),
+                    t.time_column.as_str().into(),
+                    t.chunk_interval.as_str().into(),
+                ],
+            )
+            .or_raise();
+        }
+    }
+    for p in &template.spec.partitioned_tables {
+        Spi::run_with_args(
+            "SELECT tenancy._premake_partitions($1, $2, $3, $4)",
+            &[
+                schema.into(),
+                p.name.as_str().into(),
+                p.unit.as_str().into(),
+                (p.premake as i32).into(),
+            ],
+        )
+        .or_raise();
+    }
+}
