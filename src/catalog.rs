@@ -101,12 +101,12 @@ pub struct ExistingTenant {
 
 pub fn tenant_by_slug(slug: &str) -> Option<ExistingTenant> {
     Spi::connect(|client| {
-        let rows = client.select(
+        let mut rows = client.select(
             "SELECT id, status::text, template, isolation FROM tenancy.tenants WHERE slug = $1",
             Some(1),
             &[slug.into()],
         )?;
-        for row in rows {
+        if let Some(row) = rows.next() {
             return Ok(Some(ExistingTenant {
                 id: row.get::<Uuid>(1)?.expect("id is not null"),
                 status: row.get::<String>(2)?.unwrap_or_default(),

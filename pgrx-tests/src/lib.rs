@@ -3,12 +3,10 @@
 //! background worker never sees this data; worker behaviour is tested from
 //! outside the server (`tests/`).
 
-use pgrx::prelude::*;
-
 ::pgrx::pg_module_magic!(name, version);
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
+#[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
 

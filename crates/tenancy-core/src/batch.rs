@@ -78,7 +78,7 @@ fn render(p: &Problem) -> String {
     if p.at == "item" {
         p.reason.clone()
     } else {
-        format!("{} {}", p.at, p.reason)
+        format!("{}: {}", p.at, p.reason)
     }
 }
 

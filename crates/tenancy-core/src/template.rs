@@ -408,13 +408,18 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
         ));
     }
 
-    for (key, list) in [
-        ("tables", &tables),
-        ("indexes", &indexes),
-        ("functions", &functions),
-        ("migrations", &migrations),
-    ] {
-        for (i, sql) in list.iter().enumerate() {
+    for key in ["tables", "indexes", "functions", "migrations"] {
+        let list = spec
+            .get(key)
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        // positions as written, so a problem points at the right entry
+        for (i, sql) in list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| Some((i, v.as_str()?)))
+        {
             if spells_tenant_schema(sql, &schema_prefix) {
                 problems.push(Problem::new(
                     format!("{key}[{i}]"),
@@ -476,7 +481,7 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
                         }
                     }
                 }
-                let (Some(n), Some(col), Some(chunk)) = (n, col, chunk) else {
+                let (Some(n), Some(col)) = (n, col) else {
                     continue;
                 };
                 match find_table(&n.to_lowercase()) {
@@ -505,11 +510,13 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
                         }
                     }
                 }
-                timescale_tables.push(TimescaleTable {
-                    name: n.to_string(),
-                    time_column: col.to_string(),
-                    chunk_interval: chunk.to_string(),
-                });
+                if let Some(chunk) = chunk {
+                    timescale_tables.push(TimescaleTable {
+                        name: n.to_string(),
+                        time_column: col.to_string(),
+                        chunk_interval: chunk.to_string(),
+                    });
+                }
             }
         }
         Some(_) => problems.push(Problem::new(
@@ -722,6 +729,17 @@ mod tests {
             json!({"tables": ["CREATE TABLE a (id int)", "COMMIT", "SET search_path = public"]}),
         );
         assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(
+            (p[0].at.as_str(), p[1].at.as_str()),
+            ("tables[1]", "tables[2]")
+        );
+    }
+
+    #[test]
+    fn positions_survive_bad_entries() {
+        let p = problems(json!({"tables": ["CREATE TABLE a (id int)", 42, "COMMIT"]}));
+        let at: Vec<&str> = p.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(at, ["tables[1]", "tables[2]"]);
     }
 
     #[test]
