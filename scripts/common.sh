@@ -76,7 +76,6 @@ cluster_start() {
         as_root mkdir -p "$dir"
         as_root chown postgres:postgres "$dir"
         as_root chmod 700 "$dir"
-        as_root -u postgres true 2>/dev/null || true
         sudo -u postgres "$PG_BIN/initdb" -D "$dir" --locale=C.UTF-8 -A trust -U postgres >/dev/null
         {
             echo "port = $port"
