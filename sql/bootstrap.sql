@@ -74,3 +74,54 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.templates', 'WHERE NOT shipp
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_log_default', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_log_id_seq', '');
+
+-- Batches: a queue of tenants to provision, processed by the background
+-- worker (or by tenancy.process_queue) one item per transaction.
+CREATE TYPE tenancy.batch_state AS ENUM
+    ('queued', 'in_progress', 'completed', 'partially_completed', 'failed', 'cancelled');
+
+CREATE TABLE tenancy.batches (
+    id                  uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    status              tenancy.batch_state NOT NULL DEFAULT 'queued',
+    total               integer     NOT NULL,
+    max_concurrent      integer     NOT NULL CHECK (max_concurrent BETWEEN 1 AND 20),
+    retry_attempts      integer     NOT NULL CHECK (retry_attempts >= 0),
+    retry_delay         interval    NOT NULL,
+    continue_on_error   boolean     NOT NULL DEFAULT true,
+    rollback_on_failure boolean     NOT NULL DEFAULT false,
+    options             jsonb       NOT NULL DEFAULT '{}',
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    created_by          name        NOT NULL DEFAULT current_user,
+    started_at          timestamptz,
+    finished_at         timestamptz,
+    -- set once the tenants of a failed rollback_on_failure batch are dropped
+    rolled_back_at      timestamptz
+);
+CREATE INDEX batches_open_idx ON tenancy.batches (created_at)
+    WHERE status IN ('queued', 'in_progress');
+
+CREATE TABLE tenancy.batch_items (
+    batch_id        uuid        NOT NULL REFERENCES tenancy.batches (id) ON DELETE CASCADE,
+    ordinal         integer     NOT NULL,
+    slug            text        NOT NULL,
+    spec            jsonb       NOT NULL,
+    -- queued until a worker commits its result; a worker that dies leaves it queued
+    status          text        NOT NULL DEFAULT 'queued'
+                    CHECK (status IN ('queued', 'succeeded', 'failed', 'cancelled', 'rolled_back')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    tenant_id       uuid,
+    schema_name     name,
+    last_error      text,
+    last_sqlstate   text,
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    duration_ms     double precision,
+    PRIMARY KEY (batch_id, ordinal)
+);
+CREATE INDEX batch_items_ready_idx ON tenancy.batch_items (batch_id, next_attempt_at, ordinal)
+    WHERE status = 'queued';
+CREATE INDEX batch_items_slug_idx ON tenancy.batch_items (slug) WHERE status = 'queued';
+
+SELECT pg_catalog.pg_extension_config_dump('tenancy.batches', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.batch_items', '');

@@ -47,3 +47,5 @@ COMMENT ON FUNCTION tenancy.provision(text, text, text, jsonb) IS
     'Creates a tenant (catalog row, schema, every object of its template) in the caller''s transaction: all or nothing';
 
 SELECT tenancy._load_shipped_templates();
+-- serve this database now, not at the worker's next look
+SELECT tenancy._wake_worker();

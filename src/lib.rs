@@ -9,12 +9,34 @@ mod api;
 mod catalog;
 mod error;
 mod guc_scope;
+mod gucs;
 mod schema_builder;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../sql/queue.sql",
+    name = "queue",
+    requires = [
+        "bootstrap",
+        provision_internal,
+        is_transient_sql,
+        retry_backoff_ms
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::register();
+    // The worker and its shared memory exist only when preloaded; without
+    // it, process_queue() does the same work when called.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::init_preloaded();
+    }
+}
 
 #[cfg(test)]
 pub mod pg_test {

@@ -1,5 +1,6 @@
 //! What users call: one file per area of the SQL surface.
 
+mod batches;
 mod provision;
 mod templates;
-mod validate;
+pub mod validate;

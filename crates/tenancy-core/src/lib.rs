@@ -7,6 +7,7 @@ pub mod batch;
 pub mod error;
 pub mod ident;
 pub mod options;
+pub mod queue;
 pub mod slug;
 pub mod template;
 

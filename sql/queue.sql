@@ -1,0 +1,347 @@
+-- The batch queue. One call of tenancy._process_next() provisions at most one
+-- item in the caller's transaction: the item row stays locked (FOR UPDATE SKIP
+-- LOCKED) until that transaction ends, so a worker that dies leaves the item
+-- queued and the tenant unmade, and no two sessions ever make the same item.
+
+-- Advisory lock key of a batch's concurrency slots (slot k = second key).
+CREATE FUNCTION tenancy._batch_lock_key(batch uuid) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.hashtext('tenancy.batch:' || batch::text);
+
+CREATE FUNCTION tenancy._process_next() RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b record;
+    it record;
+    got_slot boolean;
+    t0 timestamptz;
+    new_id uuid;
+    err_state text;
+    err_msg text;
+    err_detail text;
+BEGIN
+    FOR b IN
+        SELECT bt.id, bt.status, bt.max_concurrent, bt.retry_attempts, bt.retry_delay, bt.continue_on_error
+        FROM tenancy.batches bt
+        WHERE bt.status IN ('queued', 'in_progress')
+          AND EXISTS (SELECT 1 FROM tenancy.batch_items i
+                      WHERE i.batch_id = bt.id AND i.status = 'queued'
+                        AND i.next_attempt_at <= clock_timestamp())
+        ORDER BY bt.created_at
+    LOOP
+        -- at most max_concurrent sessions work on one batch at a time
+        got_slot := false;
+        FOR k IN 0 .. b.max_concurrent - 1 LOOP
+            IF pg_try_advisory_xact_lock(tenancy._batch_lock_key(b.id), k) THEN
+                got_slot := true;
+                EXIT;
+            END IF;
+        END LOOP;
+        CONTINUE WHEN NOT got_slot;
+
+        SELECT i.* INTO it
+        FROM tenancy.batch_items i
+        WHERE i.batch_id = b.id AND i.status = 'queued' AND i.next_attempt_at <= clock_timestamp()
+        ORDER BY i.next_attempt_at, i.ordinal
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+
+        IF b.status = 'queued' THEN
+            UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
+            WHERE id = b.id AND status = 'queued';
+        END IF;
+
+        t0 := clock_timestamp();
+        BEGIN
+            new_id := tenancy._provision(it.slug, it.spec->>'name',
+                                         coalesce(it.spec->>'template', 'default'),
+                                         it.spec - 'slug' - 'name' - 'template');
+            UPDATE tenancy.batch_items
+            SET status = 'succeeded', attempts = attempts + 1, tenant_id = new_id,
+                schema_name = (SELECT t.schema_name FROM tenancy.tenants t WHERE t.id = new_id),
+                started_at = coalesce(started_at, t0), finished_at = clock_timestamp(),
+                duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
+                last_error = NULL, last_sqlstate = NULL
+            WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
+                                    err_detail = PG_EXCEPTION_DETAIL;
+            IF err_detail <> '' THEN
+                err_msg := err_msg || E'\n' || err_detail;
+            END IF;
+            IF tenancy._is_transient(err_state) AND it.attempts < b.retry_attempts THEN
+                UPDATE tenancy.batch_items
+                SET attempts = attempts + 1, last_error = err_msg, last_sqlstate = err_state,
+                    started_at = coalesce(started_at, t0),
+                    next_attempt_at = clock_timestamp()
+                        + tenancy._retry_backoff_ms(it.attempts + 1, extract(epoch FROM b.retry_delay) * 1000, random())
+                          * interval '1 millisecond'
+                WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
+            ELSE
+                UPDATE tenancy.batch_items
+                SET status = 'failed', attempts = attempts + 1, last_error = err_msg,
+                    last_sqlstate = err_state, started_at = coalesce(started_at, t0),
+                    finished_at = clock_timestamp(),
+                    duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000
+                WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
+                IF NOT b.continue_on_error THEN
+                    PERFORM tenancy._stop_batch(b.id, 'failed');
+                END IF;
+            END IF;
+        END;
+        RETURN true;
+    END LOOP;
+    RETURN false;
+END
+$$;
+
+-- Ends a batch early: its queued items are cancelled, except those a worker
+-- holds right now (they finish, and are counted).
+CREATE FUNCTION tenancy._stop_batch(batch uuid, final tenancy.batch_state) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer;
+BEGIN
+    UPDATE tenancy.batches SET status = final, finished_at = clock_timestamp(),
+                               started_at = coalesce(started_at, clock_timestamp())
+    WHERE id = batch AND status IN ('queued', 'in_progress');
+    UPDATE tenancy.batch_items SET status = 'cancelled', finished_at = clock_timestamp()
+    WHERE (batch_id, ordinal) IN (
+        SELECT i.batch_id, i.ordinal FROM tenancy.batch_items i
+        WHERE i.batch_id = batch AND i.status = 'queued'
+        FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Gives finished batches their final status, and drops the tenants of failed
+-- rollback_on_failure batches (a few per call, to stay under lock limits).
+-- Returns how many batches or tenants it touched.
+CREATE FUNCTION tenancy._finalize_batches() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b record;
+    it record;
+    touched integer := 0;
+    ok integer;
+    bad integer;
+BEGIN
+    FOR b IN
+        SELECT bt.id FROM tenancy.batches bt
+        WHERE bt.status IN ('queued', 'in_progress')
+          AND NOT EXISTS (SELECT 1 FROM tenancy.batch_items i
+                          WHERE i.batch_id = bt.id AND i.status = 'queued')
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        SELECT count(*) FILTER (WHERE status = 'succeeded'),
+               count(*) FILTER (WHERE status <> 'succeeded')
+        INTO ok, bad FROM tenancy.batch_items WHERE batch_id = b.id;
+        UPDATE tenancy.batches
+        SET status = CASE WHEN bad = 0 THEN 'completed'
+                          WHEN ok = 0 THEN 'failed'
+                          ELSE 'partially_completed' END::tenancy.batch_state,
+            started_at = coalesce(started_at, clock_timestamp()),
+            finished_at = clock_timestamp()
+        WHERE id = b.id;
+        touched := touched + 1;
+    END LOOP;
+
+    -- rollback_on_failure: once no item is queued, drop what the batch made
+    FOR it IN
+        SELECT i.batch_id, i.ordinal, i.tenant_id, i.slug, t.schema_name
+        FROM tenancy.batches bt
+        JOIN tenancy.batch_items i ON i.batch_id = bt.id AND i.status = 'succeeded'
+        LEFT JOIN tenancy.tenants t ON t.id = i.tenant_id
+        WHERE bt.rollback_on_failure AND bt.rolled_back_at IS NULL
+          AND bt.status IN ('failed', 'partially_completed')
+          AND NOT EXISTS (SELECT 1 FROM tenancy.batch_items q
+                          WHERE q.batch_id = bt.id AND q.status = 'queued')
+        ORDER BY i.batch_id, i.ordinal
+        LIMIT 20
+        FOR UPDATE OF i SKIP LOCKED
+    LOOP
+        IF it.schema_name IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', it.schema_name);
+        END IF;
+        DELETE FROM tenancy.tenants WHERE id = it.tenant_id;
+        UPDATE tenancy.batch_items SET status = 'rolled_back'
+        WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
+        INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details)
+        VALUES ('rollback_batch_tenant', it.tenant_id, it.slug,
+                jsonb_build_object('batch', it.batch_id, 'schema', it.schema_name));
+        touched := touched + 1;
+    END LOOP;
+
+    UPDATE tenancy.batches bt
+    SET status = 'failed', rolled_back_at = clock_timestamp()
+    WHERE bt.rollback_on_failure AND bt.rolled_back_at IS NULL
+      AND bt.status IN ('failed', 'partially_completed')
+      AND NOT EXISTS (SELECT 1 FROM tenancy.batch_items i
+                      WHERE i.batch_id = bt.id AND i.status IN ('queued', 'succeeded'));
+    RETURN touched;
+END
+$$;
+
+-- How many items could run right now, within each batch's max_concurrent.
+CREATE FUNCTION tenancy._queue_demand(OUT ready integer, OUT waiting integer)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(sum(least(b.max_concurrent, r.ready)), 0)::integer,
+           coalesce(sum(r.waiting), 0)::integer
+    FROM tenancy.batches b
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE i.next_attempt_at <= clock_timestamp()) AS ready,
+               count(*) AS waiting
+        FROM tenancy.batch_items i WHERE i.batch_id = b.id AND i.status = 'queued') r
+    WHERE b.status IN ('queued', 'in_progress')
+$$;
+
+CREATE FUNCTION tenancy.process_queue(max_items integer DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    done integer := 0;
+    -- one transaction holds the locks of every tenant it makes: keep it bounded
+    cap integer := least(coalesce(max_items, 100), 1000);
+BEGIN
+    IF max_items IS NOT NULL AND max_items < 1 THEN
+        RAISE EXCEPTION 'max_items must be at least 1, not %', max_items
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WHILE done < cap AND tenancy._process_next() LOOP
+        done := done + 1;
+    END LOOP;
+    PERFORM tenancy._finalize_batches();
+    RETURN done;
+END
+$$;
+COMMENT ON FUNCTION tenancy.process_queue(integer) IS
+    'Processes up to max_items queued batch items (100 when NULL) in this session and transaction';
+
+CREATE FUNCTION tenancy.batch_status(batch uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b tenancy.batches;
+    c record;
+    results jsonb;
+    eta timestamptz;
+BEGIN
+    SELECT * INTO b FROM tenancy.batches WHERE id = batch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'batch % does not exist', batch USING ERRCODE = 'undefined_object';
+    END IF;
+    SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+           count(*) FILTER (WHERE status = 'rolled_back') AS rolled_back,
+           count(*) FILTER (WHERE status = 'queued') AS pending,
+           count(*) FILTER (WHERE status <> 'queued') AS done
+    INTO c FROM tenancy.batch_items WHERE batch_id = batch;
+    -- the batch's own pace so far, projected over what is left
+    IF c.pending > 0 AND c.done > 0 AND b.started_at IS NOT NULL THEN
+        eta := clock_timestamp() + (clock_timestamp() - b.started_at) / c.done * c.pending;
+    END IF;
+    SELECT jsonb_agg(jsonb_build_object(
+               'ordinal', i.ordinal, 'slug', i.slug, 'status', i.status,
+               'success', i.status = 'succeeded', 'tenant_id', i.tenant_id,
+               'schema_name', i.schema_name, 'attempts', i.attempts,
+               'error', i.last_error, 'sqlstate', i.last_sqlstate,
+               'duration_ms', round(i.duration_ms::numeric, 2))
+             ORDER BY i.ordinal)
+    INTO results FROM tenancy.batch_items i WHERE i.batch_id = batch;
+    RETURN jsonb_build_object(
+        'batch_id', b.id, 'status', b.status, 'total', b.total,
+        'succeeded', c.succeeded, 'failed', c.failed, 'cancelled', c.cancelled,
+        'rolled_back', c.rolled_back, 'pending', c.pending,
+        'created_at', b.created_at, 'started_at', b.started_at, 'finished_at', b.finished_at,
+        'estimated_completion_at', eta,
+        'processing_time_seconds',
+            CASE WHEN b.finished_at IS NOT NULL
+                 THEN round(extract(epoch FROM b.finished_at - coalesce(b.started_at, b.created_at))::numeric, 3) END,
+        'options', b.options,
+        'results', coalesce(results, '[]'::jsonb));
+END
+$$;
+
+CREATE FUNCTION tenancy.wait_batch(batch uuid, timeout interval DEFAULT '10 minutes') RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    st tenancy.batch_state;
+    deadline timestamptz := clock_timestamp() + timeout;
+BEGIN
+    LOOP
+        SELECT status INTO st FROM tenancy.batches WHERE id = batch;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'batch % does not exist', batch USING ERRCODE = 'undefined_object';
+        END IF;
+        EXIT WHEN st NOT IN ('queued', 'in_progress') OR clock_timestamp() >= deadline;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN st::text;
+END
+$$;
+COMMENT ON FUNCTION tenancy.wait_batch(uuid, interval) IS
+    'Waits until the batch ends (or the timeout) and returns its status; call it outside a transaction block';
+
+CREATE FUNCTION tenancy.cancel_batch(batch uuid) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    st tenancy.batch_state;
+    n integer;
+BEGIN
+    SELECT status INTO st FROM tenancy.batches WHERE id = batch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'batch % does not exist', batch USING ERRCODE = 'undefined_object';
+    END IF;
+    IF st NOT IN ('queued', 'in_progress') THEN
+        RAISE EXCEPTION 'batch % is already %', batch, st
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    n := tenancy._stop_batch(batch, 'cancelled');
+    INSERT INTO tenancy.audit_log (action, details)
+    VALUES ('cancel_batch', jsonb_build_object('batch', batch, 'cancelled_items', n));
+    RETURN n;
+END
+$$;
+
+CREATE FUNCTION tenancy.cleanup_batches(older_than interval DEFAULT '7 days') RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer;
+BEGIN
+    DELETE FROM tenancy.batches
+    WHERE status NOT IN ('queued', 'in_progress')
+      AND finished_at < clock_timestamp() - older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE VIEW tenancy.active_batches AS
+SELECT b.id, b.status, b.total,
+       count(*) FILTER (WHERE i.status = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE i.status = 'failed') AS failed,
+       count(*) FILTER (WHERE i.status = 'queued') AS pending,
+       b.max_concurrent, b.created_at, b.started_at, b.created_by
+FROM tenancy.batches b
+JOIN tenancy.batch_items i ON i.batch_id = b.id
+WHERE b.status IN ('queued', 'in_progress')
+GROUP BY b.id;

@@ -1,0 +1,122 @@
+//! `tenancy.provision_batch`: checks every item, queues them all or none,
+//! and wakes the worker when the queuing transaction commits. The rest of
+//! the batch surface (status, wait, cancel, process_queue) is in sql/queue.sql.
+
+use crate::api::validate::check;
+use crate::catalog::{self, AuditEntry};
+use crate::error::{raise, raise_with, sqlstate, OrRaise};
+use crate::gucs;
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::json;
+use tenancy_core::batch::items_of;
+use tenancy_core::queue::{backoff_ms, is_transient, parse_batch_options};
+use tenancy_core::TenancyError;
+
+#[pg_extern]
+fn provision_batch(tenants: JsonB, options: default!(Option<JsonB>, "'{}'")) -> Uuid {
+    let opts = parse_batch_options(
+        options.as_ref().map(|j| &j.0),
+        gucs::RETRY_ATTEMPTS.get(),
+        gucs::RETRY_DELAY_MS.get() as i64,
+    )
+    .or_raise();
+    let count = items_of(&tenants.0).or_raise().len();
+    if count == 0 {
+        raise(TenancyError::InvalidArgument(
+            "the batch is empty: tenants must list at least one tenant".into(),
+        ));
+    }
+    let max = gucs::MAX_BATCH_SIZE.get() as usize;
+    if count > max {
+        raise(TenancyError::InvalidArgument(format!(
+            "the batch has {count} tenants, more than tenancy.max_batch_size ({max})"
+        )));
+    }
+    let reports = check(&tenants.0);
+    let bad: Vec<_> = reports.iter().filter(|r| !r.valid()).collect();
+    if !bad.is_empty() {
+        let detail = bad
+            .iter()
+            .map(|r| {
+                format!(
+                    "item {}{}: {}",
+                    r.ordinal,
+                    r.slug
+                        .as_ref()
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default(),
+                    r.errors.join("; ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        // only conflicts with existing tenants: a unique violation; else bad input
+        let code = if bad.iter().all(|r| r.duplicate && r.errors.len() == 1) {
+            "23505"
+        } else {
+            "22023"
+        };
+        raise_with(
+            sqlstate(code),
+            format!(
+                "{} of {} tenants in the batch are not valid; nothing was queued",
+                bad.len(),
+                count
+            ),
+            Some(detail),
+            Some("tenancy.validate(tenants) shows the same checks item by item.".into()),
+        );
+    }
+
+    let batch = catalog::one_or_none(Spi::get_one_with_args::<Uuid>(
+        "INSERT INTO tenancy.batches (total, max_concurrent, retry_attempts, retry_delay, \
+             continue_on_error, rollback_on_failure, options) \
+         VALUES ($1, $2, $3, $4 * interval '1 millisecond', $5, $6, $7) RETURNING id",
+        &[
+            (count as i32).into(),
+            opts.max_concurrent.into(),
+            opts.retry_attempts.into(),
+            (opts.retry_delay_ms as f64).into(),
+            opts.continue_on_error.into(),
+            opts.rollback_on_failure.into(),
+            JsonB(options.map(|o| o.0).unwrap_or(json!({}))).into(),
+        ],
+    ))
+    .expect("INSERT RETURNING gives a row");
+    Spi::run_with_args(
+        "INSERT INTO tenancy.batch_items (batch_id, ordinal, slug, spec) \
+         SELECT $1, e.ord, e.item->>'slug', e.item \
+         FROM jsonb_array_elements($2) WITH ORDINALITY AS e(item, ord)",
+        &[batch.into(), tenants.into()],
+    )
+    .or_raise();
+    catalog::audit(AuditEntry {
+        action: "provision_batch",
+        tenant_id: None,
+        tenant_slug: None,
+        details: json!({"batch": batch.to_string(), "total": count, "max_concurrent": opts.max_concurrent}),
+        duration_ms: None,
+    });
+    crate::worker::wake_on_commit();
+    batch
+}
+
+/// Whether an error is worth another attempt (see `tenancy_core::queue`).
+#[pg_extern(immutable, parallel_safe, name = "_is_transient")]
+fn is_transient_sql(sqlstate: &str) -> bool {
+    is_transient(sqlstate)
+}
+
+/// Backoff before the next attempt, in milliseconds.
+#[pg_extern(immutable, parallel_safe, name = "_retry_backoff_ms")]
+fn retry_backoff_ms(attempt: i32, base_ms: f64, unit: f64) -> f64 {
+    backoff_ms(attempt.max(0) as u32, base_ms, unit)
+}
+
+/// Wakes this database's worker when the transaction commits (CREATE
+/// EXTENSION calls it, so a new database is served at once).
+#[pg_extern(name = "_wake_worker")]
+fn wake_worker() {
+    crate::worker::wake_on_commit();
+}

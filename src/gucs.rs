@@ -1,0 +1,74 @@
+//! Settings (`tenancy.*`). Worker settings are `SIGHUP`: change them with
+//! `ALTER SYSTEM` and `SELECT pg_reload_conf()`, no restart.
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+pub static RECYCLE_AFTER: GucSetting<i32> = GucSetting::<i32>::new(200);
+pub static RETRY_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(3);
+pub static RETRY_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static MAX_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10000);
+
+pub fn register() {
+    GucRegistry::define_int_guc(
+        c"tenancy.naptime",
+        c"How long the background worker sleeps between looks at the queue.",
+        c"A committed batch wakes it at once; this is the safety net and the pace of periodic jobs.",
+        &NAPTIME_MS,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.max_workers",
+        c"Most item workers running at once in one database.",
+        c"Each batch is further limited by its max_concurrent, and by free max_worker_processes slots.",
+        &MAX_WORKERS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.worker_recycle_after",
+        c"Items an item worker processes before it exits and a fresh one takes over.",
+        c"Bounds the relation cache a long-lived backend accumulates by touching many tenant tables.",
+        &RECYCLE_AFTER,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.retry_attempts",
+        c"Default retries of a batch item after a transient error.",
+        c"",
+        &RETRY_ATTEMPTS,
+        0,
+        20,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.retry_delay",
+        c"Default base of the exponential backoff between retries.",
+        c"",
+        &RETRY_DELAY_MS,
+        0,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.max_batch_size",
+        c"Most tenants in one provision_batch call.",
+        c"",
+        &MAX_BATCH_SIZE,
+        1,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}

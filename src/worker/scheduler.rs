@@ -1,0 +1,115 @@
+//! The scheduler of one database: checks that the extension is there (and
+//! exits when it is not, or when it is dropped), starts item workers while
+//! the queue has ready items, and gives finished batches their status.
+
+use super::shmem::{self, SHARED};
+use super::ITEM_WORKER_TYPE;
+use crate::gucs;
+use pgrx::bgworkers::*;
+use pgrx::prelude::*;
+use std::time::Duration;
+
+fn extension_installed() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'tenancy')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+fn start_item_worker(db: u32) -> Option<DynamicBackgroundWorker> {
+    BackgroundWorkerBuilder::new(&format!("{ITEM_WORKER_TYPE} {db}"))
+        .set_type(ITEM_WORKER_TYPE)
+        .set_function("tenancy_item_worker_main")
+        .set_library("tenancy")
+        .enable_spi_access()
+        .set_extra(&db.to_string())
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .set_restart_time(None)
+        .load_dynamic()
+        .ok()
+}
+
+fn publish(db: u32, extension: u8, latch: usize) {
+    let mut s = SHARED.exclusive();
+    if let Some(i) = shmem::slot_index(&mut s, db, true) {
+        let slot = &mut s.slots[i];
+        slot.extension = extension;
+        slot.scheduler_latch = latch;
+        slot.scheduler_pid = if latch != 0 {
+            unsafe { pg_sys::MyProcPid }
+        } else {
+            0
+        };
+        if latch != 0 {
+            slot.wake = false;
+        }
+    }
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db: u32 = BackgroundWorker::get_extra().parse().unwrap_or(0);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+
+    if !BackgroundWorker::transaction(extension_installed) {
+        publish(db, 2, 0);
+        return;
+    }
+    publish(db, 1, shmem::my_latch());
+
+    let mut workers: Vec<DynamicBackgroundWorker> = Vec::new();
+    loop {
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        // DROP EXTENSION: stop here, and let the launcher know not to restart us
+        if !BackgroundWorker::transaction(extension_installed) {
+            publish(db, 2, 0);
+            break;
+        }
+        let (ready, waiting) = BackgroundWorker::transaction(|| {
+            Spi::connect_mut(|c| {
+                c.update("SELECT tenancy._finalize_batches()", None, &[])?;
+                let row = c.select(
+                    "SELECT ready, waiting FROM tenancy._queue_demand()",
+                    None,
+                    &[],
+                )?;
+                let row = row.first();
+                Ok::<_, pgrx::spi::Error>((
+                    row.get::<i32>(1)?.unwrap_or(0),
+                    row.get::<i32>(2)?.unwrap_or(0),
+                ))
+            })
+            .unwrap_or((0, 0))
+        });
+        workers.retain(super::alive);
+        let want =
+            (ready.min(gucs::MAX_WORKERS.get()).max(0) as usize).saturating_sub(workers.len());
+        for _ in 0..want {
+            match start_item_worker(db) {
+                Some(h) => workers.push(h),
+                None => break, // out of worker slots: run fewer, try again later
+            }
+        }
+        // Item workers exiting wake us (notify pid); items waiting for a retry
+        // need a look sooner than the nap.
+        let nap = gucs::NAPTIME_MS.get().max(100) as u64;
+        let nap = if waiting > 0 { nap.min(250) } else { nap };
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(nap))) {
+            break;
+        }
+    }
+    for w in workers {
+        let _ = w.terminate();
+    }
+    let mut s = SHARED.exclusive();
+    if let Some(i) = shmem::slot_index(&mut s, db, false) {
+        s.slots[i].scheduler_latch = 0;
+        s.slots[i].scheduler_pid = 0;
+    }
+}
