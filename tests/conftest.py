@@ -35,3 +35,57 @@ def fresh_db():
 def db(fresh_db):
     with connect(fresh_db, autocommit=True) as c:
         yield c
+
+
+PGDATA = os.environ.get("TENANCY_TEST_PGDATA", HOST)
+PG_BIN = os.environ.get("TENANCY_PG_BIN", "/usr/lib/postgresql/15/bin")
+
+
+def wait_for(predicate, timeout=60.0, interval=0.05, what="condition"):
+    """Polls until predicate() is truthy; fails the test after timeout."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def batch_of(prefix, n, **extra):
+    import json
+
+    return json.dumps([dict(slug=f"{prefix}{i}", **extra) for i in range(1, n + 1)])
+
+
+def wait_batch(conn, batch, timeout="120 s"):
+    return conn.execute("SELECT tenancy.wait_batch(%s, %s)", (batch, timeout)).fetchone()[0]
+
+
+def pg_ctl(*args):
+    import subprocess
+
+    subprocess.run(
+        ["sudo", "-u", "postgres", f"{PG_BIN}/pg_ctl", "-D", PGDATA, "-l", f"{PGDATA}/log", "-w", *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def consistency(conn):
+    """Schemas without their catalog row, rows without their schema, and slugs
+    made more than once (by the audit log)."""
+    orphans = conn.execute(
+        r"""SELECT count(*) FROM pg_namespace n
+            FULL JOIN tenancy.tenants t ON t.schema_name = n.nspname
+            WHERE (n.nspname LIKE 'tenant\_%' OR t.id IS NOT NULL)
+              AND (n.oid IS NULL OR t.id IS NULL)"""
+    ).fetchone()[0]
+    twice = conn.execute(
+        """SELECT count(*) FROM (SELECT tenant_slug FROM tenancy.audit_log
+           WHERE action = 'provision' GROUP BY tenant_slug HAVING count(*) > 1) d"""
+    ).fetchone()[0]
+    return orphans, twice

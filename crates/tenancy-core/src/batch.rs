@@ -23,7 +23,8 @@ pub struct ItemReport {
     pub slug: Option<String>,
     pub spec: Option<TenantSpec>,
     pub errors: Vec<String>,
-    /// The error is a conflict with an existing tenant (23505) rather than bad input.
+    /// The error is a conflict with an existing or queued tenant (23505)
+    /// rather than bad input (a slug repeated within the batch is bad input).
     pub duplicate: bool,
 }
 
@@ -102,7 +103,6 @@ pub fn check_items(items: &[Value], known: &Known) -> Vec<ItemReport> {
                     report
                         .errors
                         .push(format!("slug {:?} repeats item {first}", spec.slug));
-                    report.duplicate = true;
                 }
                 if let Some(status) = known.taken.get(&spec.slug) {
                     report.errors.push(if status == "dropped" {
@@ -170,7 +170,7 @@ mod tests {
         let r = check_items(items.as_array().unwrap(), &known());
         assert!(r[0].valid());
         assert!(r[1].duplicate && r[1].errors[0].contains("already exists"));
-        assert!(r[2].duplicate && r[2].errors[0].contains("repeats item 1"));
+        assert!(!r[2].duplicate && r[2].errors[0].contains("repeats item 1"));
         assert_eq!(r[3].errors.len(), 2, "{:?}", r[3]);
         assert_eq!(r[4].errors, ["must be a JSON object"]);
         assert!(r[5].errors[0].contains("timescaledb"));

@@ -1,0 +1,214 @@
+"""Batches through the background worker, tested from outside the server:
+the worker really runs (shared_preload_libraries = 'pg_cron,tenancy')."""
+
+import json
+import threading
+import time
+
+import pytest
+from psycopg import errors
+
+from conftest import batch_of, connect, consistency, wait_batch, wait_for
+
+FAILING = json.dumps({"tables": ["CREATE TABLE a (id int)", "CREATE TABLE b (id int REFERENCES nowhere (id))"]})
+
+
+def status(db, batch):
+    return db.execute("SELECT tenancy.batch_status(%s)", (batch,)).fetchone()[0]
+
+
+def test_200_tenant_batch_completes(db):
+    batch = db.execute("SELECT tenancy.provision_batch(%s, '{\"max_concurrent\": 4}')", (batch_of("t", 200),)).fetchone()[0]
+    assert wait_batch(db, batch) == "completed"
+    s = status(db, batch)
+    assert (s["total"], s["succeeded"], s["failed"], s["pending"]) == (200, 200, 0, 0)
+    assert len(s["results"]) == 200
+    assert all(r["success"] and r["schema_name"] == "tenant_" + r["slug"] and r["attempts"] == 1 for r in s["results"])
+    assert s["processing_time_seconds"] > 0
+    assert db.execute("SELECT count(*) FROM tenancy.tenants WHERE status = 'active'").fetchone()[0] == 200
+    assert consistency(db) == (0, 0)
+    assert db.execute("SELECT count(*) FROM tenancy.active_batches").fetchone()[0] == 0
+
+
+def mixed_batch(good, bad):
+    items = [{"slug": f"ok{i}"} for i in range(good)] + [{"slug": f"bad{i}", "template": "failing"} for i in range(bad)]
+    return json.dumps(items)
+
+
+def test_failing_items_partially_completed(db):
+    db.execute("SELECT tenancy.register_template('failing', %s)", (FAILING,))
+    batch = db.execute("SELECT tenancy.provision_batch(%s)", (mixed_batch(7, 3),)).fetchone()[0]
+    assert wait_batch(db, batch) == "partially_completed"
+    s = status(db, batch)
+    assert (s["succeeded"], s["failed"]) == (7, 3)
+    failed = [r for r in s["results"] if not r["success"]]
+    assert all(r["sqlstate"] == "42P01" and 'relation "nowhere" does not exist' in r["error"] for r in failed)
+    assert all("statement 2 of 2" in r["error"] for r in failed)
+    assert all(r["attempts"] == 1 for r in failed), "a permanent error is not retried"
+    assert db.execute("SELECT count(*) FROM tenancy.tenants").fetchone()[0] == 7
+    assert consistency(db) == (0, 0)
+
+
+def test_continue_on_error_false_stops_the_batch(db):
+    db.execute("SELECT tenancy.register_template('failing', %s)", (FAILING,))
+    items = json.dumps([{"slug": "first"}, {"slug": "broken", "template": "failing"}] + [{"slug": f"later{i}"} for i in range(20)])
+    batch = db.execute(
+        "SELECT tenancy.provision_batch(%s, '{\"continue_on_error\": false, \"max_concurrent\": 1}')", (items,)
+    ).fetchone()[0]
+    assert wait_batch(db, batch) == "failed"
+    s = status(db, batch)
+    assert s["failed"] == 1 and s["cancelled"] >= 19 and s["pending"] == 0
+    assert consistency(db) == (0, 0)
+
+
+def test_rollback_on_failure_leaves_nothing(db):
+    db.execute("SELECT tenancy.register_template('failing', %s)", (FAILING,))
+    batch = db.execute(
+        "SELECT tenancy.provision_batch(%s, '{\"rollback_on_failure\": true, \"max_concurrent\": 3}')",
+        (mixed_batch(12, 2),),
+    ).fetchone()[0]
+    assert wait_batch(db, batch) == "failed"
+    wait_for(lambda: db.execute("SELECT rolled_back_at IS NOT NULL FROM tenancy.batches WHERE id = %s", (batch,)).fetchone()[0],
+             what="rollback to finish")
+    s = status(db, batch)
+    assert s["rolled_back"] == 12 and s["succeeded"] == 0
+    assert db.execute("SELECT count(*) FROM tenancy.tenants").fetchone()[0] == 0
+    assert db.execute(r"SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant\_%'").fetchone()[0] == 0
+
+
+def test_transient_errors_are_retried_with_backoff(db):
+    # fails with 40001 on its first two runs (a sequence is not rolled back)
+    db.execute("CREATE SEQUENCE public.flaky_runs")
+    flaky = {
+        "tables": ["CREATE TABLE t (id int)"],
+        "functions": ["DO $$ BEGIN IF nextval('public.flaky_runs') < 3 THEN "
+                      "RAISE EXCEPTION 'simulated serialization failure' USING ERRCODE = '40001'; END IF; END $$"],
+    }
+    db.execute("SELECT tenancy.register_template('flaky', %s)", (json.dumps(flaky),))
+    batch = db.execute(
+        "SELECT tenancy.provision_batch('[{\"slug\": \"flaky1\", \"template\": \"flaky\"}]', "
+        "'{\"retry_attempts\": 3, \"retry_delay\": \"50ms\"}')"
+    ).fetchone()[0]
+    assert wait_batch(db, batch) == "completed"
+    r = status(db, batch)["results"][0]
+    assert r["success"] and r["attempts"] == 3
+
+    # always transient: gives up after retry_attempts retries, with the error
+    db.execute("SELECT setval('public.flaky_runs', 1, false)")
+    batch = db.execute(
+        "SELECT tenancy.provision_batch('[{\"slug\": \"flaky2\", \"template\": \"flaky\"}]', "
+        "'{\"retry_attempts\": 1, \"retry_delay\": 0.05}')"
+    ).fetchone()[0]
+    assert wait_batch(db, batch) == "failed"
+    r = status(db, batch)["results"][0]
+    assert (r["success"], r["attempts"], r["sqlstate"]) == (False, 2, "40001")
+
+
+@pytest.mark.parametrize(
+    "tenants, options, sqlstate, fragment",
+    [
+        ('{"slug": "a"}', "{}", "22023", "must be a JSON array"),
+        ("[]", "{}", "22023", "the batch is empty"),
+        ('[{"slug": "a"}, 5]', "{}", "22023", "item 2: must be a JSON object"),
+        ('[{"name": "x"}]', "{}", "22023", "item 1: slug: is missing"),
+        ('[{"slug": "Bad"}]', "{}", "22023", "item 1 (Bad): slug: it must start"),
+        ('[{"slug": "a"}, {"slug": "a"}]', "{}", "22023", 'item 2 (a): slug "a" repeats item 1'),
+        ('[{"slug": "taken"}]', "{}", "23505", 'item 1 (taken): tenant "taken" already exists'),
+        ('[{"slug": "a", "template": "nope"}]', "{}", "22023", 'template "nope" does not exist'),
+        ('[{"slug": "a", "colour": "red"}]', "{}", "22023", "colour: unknown key"),
+        ('[{"slug": "a"}]', '{"max_concurrent": 21}', "22023", "max_concurrent: must be an integer from 1 to 20"),
+        ('[{"slug": "a"}]', '{"max_concurrent": 0}', "22023", "max_concurrent"),
+        ('[{"slug": "a"}]', '{"frobnicate": true}', "22023", "frobnicate: unknown key"),
+    ],
+)
+def test_bad_batches_queue_nothing(db, tenants, options, sqlstate, fragment):
+    db.execute("SELECT tenancy.provision('taken')")
+    with pytest.raises(errors.Error) as e:
+        db.execute("SELECT tenancy.provision_batch(%s, %s)", (tenants, options))
+    assert e.value.sqlstate == sqlstate
+    full = str(e.value) + "\n" + (e.value.diag.message_detail or "")
+    assert fragment in full, full
+    assert db.execute("SELECT count(*) FROM tenancy.batches").fetchone()[0] == 0
+
+
+def test_bad_batch_lists_every_bad_item(db):
+    items = json.dumps([{"slug": "ok1"}, {"slug": "Bad"}, {"slug": "ok2"}, 7, {"slug": "ok1"}])
+    with pytest.raises(errors.InvalidParameterValue) as e:
+        db.execute("SELECT tenancy.provision_batch(%s)", (items,))
+    assert "3 of 5 tenants in the batch are not valid; nothing was queued" in str(e.value)
+    assert e.value.diag.message_detail.count("\n") == 2
+
+
+def test_over_max_batch_size(db):
+    db.execute("SET tenancy.max_batch_size = 5")
+    with pytest.raises(errors.InvalidParameterValue, match="more than tenancy.max_batch_size"):
+        db.execute("SELECT tenancy.provision_batch(%s)", (batch_of("x", 6),))
+
+
+def test_process_queue_in_the_callers_transaction(fresh_db):
+    with connect(fresh_db) as c:
+        batch = c.execute("SELECT tenancy.provision_batch(%s)", (batch_of("pq", 5),)).fetchone()[0]
+        # not committed: the worker cannot see it, this session can
+        assert c.execute("SELECT tenancy.process_queue()").fetchone()[0] == 5
+        c.commit()
+        assert c.execute("SELECT status FROM tenancy.batches WHERE id = %s", (batch,)).fetchone()[0] == "completed"
+        with pytest.raises(errors.InvalidParameterValue):
+            c.execute("SELECT tenancy.process_queue(0)")
+
+
+def test_two_batches_and_process_queue_by_hand_never_do_an_item_twice(db, fresh_db):
+    ids = []
+
+    def enqueue(prefix):
+        with connect(fresh_db, autocommit=True) as c:
+            ids.append(c.execute("SELECT tenancy.provision_batch(%s, '{\"max_concurrent\": 3}')",
+                                 (batch_of(prefix, 60),)).fetchone()[0])
+
+    threads = [threading.Thread(target=enqueue, args=(p,)) for p in ("x", "y")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    by_hand = 0
+    with connect(fresh_db, autocommit=True) as c:
+        for _ in range(40):
+            by_hand += c.execute("SELECT tenancy.process_queue(2)").fetchone()[0]
+    for b in ids:
+        assert wait_batch(db, b) == "completed"
+    assert db.execute("SELECT count(*) FROM tenancy.tenants").fetchone()[0] == 120
+    assert db.execute("SELECT max(attempts) FROM tenancy.batch_items").fetchone()[0] == 1
+    assert consistency(db) == (0, 0)
+    print(f"process_queue did {by_hand} of 120 items by hand")
+
+
+def test_new_database_is_served_without_process_queue(db):
+    """fresh_db is created after the server started: its batch completes
+    through the worker alone."""
+    batch = db.execute("SELECT tenancy.provision_batch(%s)", (batch_of("n", 3),)).fetchone()[0]
+    assert wait_batch(db, batch, "60 s") == "completed"
+    workers = db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenancy scheduler' AND datname = current_database()"
+    ).fetchone()[0]
+    assert workers == 1
+
+
+def test_drop_database_without_force(fresh_db):
+    with connect(fresh_db, autocommit=True) as c:
+        c.execute("SELECT tenancy.provision_batch(%s)", (batch_of("d", 2),))
+    with connect("postgres", autocommit=True) as admin:
+        wait_for(lambda: admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenancy scheduler' AND datname = %s",
+            (fresh_db,)).fetchone()[0] == 1, what="the scheduler to start")
+        admin.execute(f'DROP DATABASE "{fresh_db}"')  # no WITH (FORCE)
+        admin.execute(f'CREATE DATABASE "{fresh_db}"')  # for the fixture's own drop
+
+
+def test_drop_extension_stops_the_scheduler(fresh_db):
+    with connect(fresh_db, autocommit=True) as c:
+        count = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenancy scheduler' AND datname = current_database()"
+        wait_for(lambda: c.execute(count).fetchone()[0] == 1, what="the scheduler to start")
+        c.execute("DROP EXTENSION tenancy")
+        wait_for(lambda: c.execute(count).fetchone()[0] == 0, timeout=30, what="the scheduler to stop")
+        # and it comes back with the extension
+        c.execute("CREATE EXTENSION tenancy")
+        wait_for(lambda: c.execute(count).fetchone()[0] == 1, timeout=30, what="the scheduler to return")
