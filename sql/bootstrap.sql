@@ -125,3 +125,22 @@ CREATE INDEX batch_items_slug_idx ON tenancy.batch_items (slug) WHERE status = '
 
 SELECT pg_catalog.pg_extension_config_dump('tenancy.batches', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.batch_items', '');
+
+-- Warm pool: schemas built ahead under hidden names, claimed by provision.
+-- A pooled schema exists exactly when its row here does: both are made, and
+-- both are removed, in one transaction.
+CREATE TABLE tenancy.pool_settings (
+    template   text    PRIMARY KEY,
+    size       integer NOT NULL CHECK (size BETWEEN 0 AND 10000),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE tenancy.pool (
+    schema_name      name        PRIMARY KEY,
+    template         text        NOT NULL,
+    template_version integer     NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    FOREIGN KEY (template, template_version) REFERENCES tenancy.templates (name, version)
+);
+CREATE INDEX pool_claim_idx ON tenancy.pool (template, template_version, created_at);
+SELECT pg_catalog.pg_extension_config_dump('tenancy.pool_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.pool', '');

@@ -26,6 +26,11 @@ extension_sql_file!(
         retry_backoff_ms
     ]
 );
+extension_sql_file!(
+    "../sql/pool.sql",
+    name = "pool",
+    requires = ["queue", pool_build, wake_worker]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

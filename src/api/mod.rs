@@ -1,6 +1,8 @@
 //! What users call: one file per area of the SQL surface.
 
 mod batches;
+mod health;
+pub mod pool;
 mod provision;
 mod templates;
 pub mod validate;

@@ -45,7 +45,10 @@ fn provision_internal(
         return existing_or_conflict(slug, &template.name, &options, &schema);
     };
 
-    build_schema(&template, &schema, timescale_schema.as_deref());
+    let pooled = options.pool && crate::api::pool::claim(&template, &schema);
+    if !pooled {
+        build_schema(&template, &schema, timescale_schema.as_deref());
+    }
 
     catalog::audit(AuditEntry {
         action: "provision",
@@ -56,6 +59,7 @@ fn provision_internal(
             "template_version": template.version,
             "schema": schema,
             "isolation": options.isolation.as_str(),
+            "from_pool": pooled,
         }),
         duration_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
     });

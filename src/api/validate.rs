@@ -13,7 +13,10 @@ pub fn known_for(items: &[serde_json::Value]) -> Known {
     let taken = Spi::connect(|client| {
         let mut taken = HashMap::new();
         for row in client.select(
-            "SELECT slug, status::text FROM tenancy.tenants WHERE slug = ANY($1)",
+            "SELECT slug, status::text FROM tenancy.tenants WHERE slug = ANY($1) \
+             UNION ALL \
+             SELECT i.slug, 'queued in batch ' || i.batch_id FROM tenancy.batch_items i \
+             WHERE i.status = 'queued' AND i.slug = ANY($1)",
             None,
             &[slugs.into()],
         )? {

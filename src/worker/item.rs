@@ -34,7 +34,8 @@ pub extern "C-unwind" fn tenancy_item_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let processed = BackgroundWorker::transaction(|| {
-            Spi::get_one::<bool>("SELECT tenancy._process_next()")
+            // batch items first; pool building when the queue is empty
+            Spi::get_one::<bool>("SELECT tenancy._process_next() OR tenancy._pool_work()")
                 .ok()
                 .flatten()
                 .unwrap_or(false)

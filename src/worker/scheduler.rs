@@ -75,7 +75,8 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
             Spi::connect_mut(|c| {
                 c.update("SELECT tenancy._finalize_batches()", None, &[])?;
                 let row = c.select(
-                    "SELECT ready, waiting FROM tenancy._queue_demand()",
+                    "SELECT d.ready + least(tenancy._pool_deficit(), 1), d.waiting \
+                     FROM tenancy._queue_demand() d",
                     None,
                     &[],
                 )?;
@@ -87,6 +88,12 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
             })
             .unwrap_or((0, 0))
         });
+        {
+            let mut s = SHARED.exclusive();
+            if let Some(i) = shmem::slot_index(&mut s, db, false) {
+                s.slots[i].last_run_ms = shmem::now_ms();
+            }
+        }
         workers.retain(super::alive);
         let want =
             (ready.min(gucs::MAX_WORKERS.get()).max(0) as usize).saturating_sub(workers.len());

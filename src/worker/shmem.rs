@@ -20,6 +20,8 @@ pub struct DbSlot {
     pub wake: bool,
     /// Unix ms until which no worker may start here (a DROP DATABASE is on).
     pub paused_until_ms: i64,
+    /// Unix ms of the scheduler's last pass over the queue.
+    pub last_run_ms: i64,
 }
 
 #[derive(Copy, Clone)]
@@ -87,6 +89,31 @@ pub fn slot_index(s: &mut WorkerShared, db: u32, create: bool) -> Option<usize> 
 }
 
 /// Work for a database: wake its scheduler, or the launcher to start one.
+/// What `health()` shows of the worker in this database.
+pub struct WorkerView {
+    pub launcher_running: bool,
+    pub scheduler_pid: i32,
+    pub last_run_ms: i64,
+}
+
+pub fn view(db: pg_sys::Oid) -> Option<WorkerView> {
+    if !ready() {
+        return None;
+    }
+    let s = SHARED.share();
+    let slot = s
+        .slots
+        .iter()
+        .find(|x| x.db_oid == db.to_u32())
+        .copied()
+        .unwrap_or_default();
+    Some(WorkerView {
+        launcher_running: s.launcher_latch != 0,
+        scheduler_pid: slot.scheduler_pid,
+        last_run_ms: slot.last_run_ms,
+    })
+}
+
 pub fn wake_database(db: pg_sys::Oid) {
     let db = db.to_u32();
     let (scheduler, launcher) = {
