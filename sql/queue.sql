@@ -310,8 +310,8 @@ BEGIN
         RAISE EXCEPTION 'batch % does not exist', batch USING ERRCODE = 'undefined_object';
     END IF;
     IF st NOT IN ('queued', 'in_progress') THEN
-        RAISE EXCEPTION 'batch % is already %', batch, st
-            USING ERRCODE = 'object_not_in_prerequisite_state';
+        RAISE EXCEPTION 'the batch is already %', st
+            USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = format('batch %s', batch);
     END IF;
     n := tenancy._stop_batch(batch, 'cancelled');
     INSERT INTO tenancy.audit_log (action, details)
