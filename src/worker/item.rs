@@ -27,25 +27,27 @@ pub extern "C-unwind" fn tenancy_item_worker_main(_arg: pg_sys::Datum) {
     }
     let db: u32 = BackgroundWorker::get_extra().parse().unwrap_or(0);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    super::yield_on_locks();
 
     let mut done = 0;
     while done < gucs::RECYCLE_AFTER.get() {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let processed = BackgroundWorker::transaction(|| {
+        let processed = super::try_transaction("queue item", || {
             // batch items first; pool building when the queue is empty
             Spi::get_one::<bool>("SELECT tenancy._process_next() OR tenancy._pool_work()")
                 .ok()
                 .flatten()
                 .unwrap_or(false)
-        });
+        })
+        .unwrap_or(false);
         if !processed {
             break;
         }
         done += 1;
     }
-    BackgroundWorker::transaction(|| {
+    super::try_transaction("batch finalization", || {
         let _ = Spi::run("SELECT tenancy._finalize_batches()");
     });
 }

@@ -59,3 +59,58 @@ pub fn wake_on_commit() {
         shmem::wake_database(db);
     });
 }
+
+/// Worker sessions give way to a DBA: a lock they wait for longer than
+/// this makes their statement fail (and the work is retried later), well
+/// before the 1 s deadlock check could pick a DROP EXTENSION as its victim.
+pub fn yield_on_locks() {
+    let name = c"lock_timeout";
+    let value = c"500ms";
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// Runs `f` in a transaction of its own; an ERROR inside aborts that
+/// transaction and is logged instead of ending the process.
+pub fn try_transaction<R, F>(what: &str, f: F) -> Option<R>
+where
+    F: FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
+{
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = PgTryBuilder::new(|| Some(f()))
+        .catch_others(|e| {
+            let msg = match &e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+                pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
+                    ereport.message().to_string()
+                }
+            };
+            log!("tenancy: {what} skipped: {msg}");
+            None
+        })
+        .execute();
+    unsafe {
+        if result.is_some() {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        } else {
+            pg_sys::AbortCurrentTransaction();
+        }
+    }
+    result
+}

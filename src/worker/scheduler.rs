@@ -54,6 +54,7 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db: u32 = BackgroundWorker::get_extra().parse().unwrap_or(0);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    super::yield_on_locks();
 
     if !BackgroundWorker::transaction(extension_installed) {
         publish(db, 2, 0);
@@ -67,11 +68,21 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         // DROP EXTENSION: stop here, and let the launcher know not to restart us
-        if !BackgroundWorker::transaction(extension_installed) {
-            publish(db, 2, 0);
-            break;
+        match super::try_transaction("extension check", extension_installed) {
+            Some(false) => {
+                publish(db, 2, 0);
+                break;
+            }
+            Some(true) => {}
+            None => {
+                // a lock we could not get in time (DROP EXTENSION under way?): look again soon
+                if !BackgroundWorker::wait_latch(Some(Duration::from_millis(200))) {
+                    break;
+                }
+                continue;
+            }
         }
-        let (ready, waiting) = BackgroundWorker::transaction(|| {
+        let (ready, waiting) = super::try_transaction("queue pass", || {
             Spi::connect_mut(|c| {
                 c.update("SELECT tenancy._finalize_batches()", None, &[])?;
                 let row = c.select(
@@ -87,7 +98,8 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
                 ))
             })
             .unwrap_or((0, 0))
-        });
+        })
+        .unwrap_or((0, 0));
         {
             let mut s = SHARED.exclusive();
             if let Some(i) = shmem::slot_index(&mut s, db, false) {
