@@ -19,6 +19,11 @@ def status(db, batch):
 
 def test_200_tenant_batch_completes(db):
     batch = db.execute("SELECT tenancy.provision_batch(%s, '{\"max_concurrent\": 4}')", (batch_of("t", 200),)).fetchone()[0]
+    # mid-way, the batch projects its end from its own pace
+    mid = wait_for(lambda: (lambda s: s if s["succeeded"] >= 10 else None)(
+        db.execute("SELECT tenancy.batch_status(%s) - 'results'", (batch,)).fetchone()[0]), what="progress")
+    if mid["pending"] > 0:
+        assert mid["status"] == "in_progress" and mid["estimated_completion_at"] is not None, mid
     assert wait_batch(db, batch) == "completed"
     s = status(db, batch)
     assert (s["total"], s["succeeded"], s["failed"], s["pending"]) == (200, 200, 0, 0)

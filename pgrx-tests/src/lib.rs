@@ -131,6 +131,59 @@ mod tests {
     }
 
     #[pg_test]
+    fn batch_processed_in_this_transaction() {
+        Spi::run(r#"SELECT tenancy.provision_batch('[{"slug": "q1"}, {"slug": "q2", "template": "trading"}]')"#)
+            .unwrap();
+        assert_eq!(count("SELECT tenancy.process_queue()::bigint"), 2);
+        assert_eq!(
+            Spi::get_one::<String>("SELECT status::text FROM tenancy.batches").unwrap(),
+            Some("completed".into())
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM tenancy.tenants WHERE slug IN ('q1', 'q2')"),
+            2
+        );
+    }
+
+    #[pg_test(error = "1 of 1 tenants in the batch are not valid; nothing was queued")]
+    fn batch_with_a_bad_item_is_refused() {
+        Spi::run(r#"SELECT tenancy.provision_batch('[{"slug": "Nope"}]')"#).unwrap();
+    }
+
+    #[pg_test]
+    fn queue_policy_functions() {
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT tenancy._is_transient('40P01')"),
+            Ok(Some(true))
+        );
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT tenancy._is_transient('23505')"),
+            Ok(Some(false))
+        );
+        assert_eq!(
+            Spi::get_one::<f64>("SELECT tenancy._retry_backoff_ms(3, 100, 0.5)"),
+            Ok(Some(400.0))
+        );
+    }
+
+    #[pg_test]
+    fn pool_build_and_claim() {
+        Spi::run("SELECT tenancy.set_pool_size('default', 1)").unwrap();
+        Spi::run("SELECT tenancy._pool_work()").unwrap();
+        assert_eq!(count("SELECT count(*) FROM tenancy.pool"), 1);
+        Spi::run("SELECT tenancy.provision('from_pool')").unwrap();
+        assert_eq!(count("SELECT count(*) FROM tenancy.pool"), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM pg_tables WHERE schemaname = 'tenant_from_pool'"),
+            3
+        );
+        let health = Spi::get_one::<pgrx::JsonB>("SELECT tenancy.health()")
+            .unwrap()
+            .unwrap();
+        assert_eq!(health.0["pool"]["default"], 0);
+    }
+
+    #[pg_test]
     fn shipped_templates_are_loaded() {
         assert_eq!(
             count("SELECT count(*) FROM tenancy.templates WHERE shipped AND name IN ('default', 'trading', 'timeseries')"),
