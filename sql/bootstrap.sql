@@ -12,7 +12,7 @@ CREATE TABLE tenancy.templates (
     -- CREATE EXTENSION loads them again on restore
     shipped     boolean     NOT NULL DEFAULT false,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    created_by  name        NOT NULL DEFAULT current_user,
+    created_by  name        NOT NULL DEFAULT session_user,
     PRIMARY KEY (name, version)
 );
 COMMENT ON TABLE tenancy.templates IS 'Every version of every template; a new version is added by tenancy.register_template';
@@ -24,6 +24,8 @@ CREATE TABLE tenancy.tenants (
     status            tenancy.tenant_status NOT NULL DEFAULT 'pending',
     isolation         text        NOT NULL DEFAULT 'schema' CHECK (isolation IN ('schema', 'shared')),
     schema_name       name,
+    -- NOLOGIN role that may use the tenant's schema and nothing else
+    role_name         name,
     template          text        NOT NULL,
     template_version  integer     NOT NULL,
     domain            text,
@@ -37,7 +39,7 @@ CREATE TABLE tenancy.tenants (
     updated_at        timestamptz NOT NULL DEFAULT now(),
     provisioned_at    timestamptz,
     dropped_at        timestamptz,
-    created_by        name        NOT NULL DEFAULT current_user,
+    created_by        name        NOT NULL DEFAULT session_user,
     CONSTRAINT tenants_slug_key UNIQUE (slug),
     CONSTRAINT tenants_template_fkey FOREIGN KEY (template, template_version)
         REFERENCES tenancy.templates (name, version)
@@ -55,7 +57,7 @@ CREATE INDEX tenants_template_idx ON tenancy.tenants (template, template_version
 CREATE TABLE tenancy.audit_log (
     id          bigint      GENERATED ALWAYS AS IDENTITY,
     at          timestamptz NOT NULL DEFAULT clock_timestamp(),
-    actor       name        NOT NULL DEFAULT current_user,
+    actor       name        NOT NULL DEFAULT session_user,
     action      text        NOT NULL,
     tenant_id   uuid,
     tenant_slug text,
@@ -82,6 +84,8 @@ CREATE TYPE tenancy.batch_state AS ENUM
 
 CREATE TABLE tenancy.batches (
     id                  uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    -- provision: make tenants; migrate: bring tenants to a template version
+    kind                text        NOT NULL DEFAULT 'provision' CHECK (kind IN ('provision', 'migrate')),
     status              tenancy.batch_state NOT NULL DEFAULT 'queued',
     total               integer     NOT NULL,
     max_concurrent      integer     NOT NULL CHECK (max_concurrent BETWEEN 1 AND 20),
@@ -91,7 +95,7 @@ CREATE TABLE tenancy.batches (
     rollback_on_failure boolean     NOT NULL DEFAULT false,
     options             jsonb       NOT NULL DEFAULT '{}',
     created_at          timestamptz NOT NULL DEFAULT now(),
-    created_by          name        NOT NULL DEFAULT current_user,
+    created_by          name        NOT NULL DEFAULT session_user,
     started_at          timestamptz,
     finished_at         timestamptz,
     -- set once the tenants of a failed rollback_on_failure batch are dropped

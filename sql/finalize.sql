@@ -46,6 +46,37 @@ $$;
 COMMENT ON FUNCTION tenancy.provision(text, text, text, jsonb) IS
     'Creates a tenant (catalog row, schema, every object of its template) in the caller''s transaction: all or nothing';
 
+-- Who may do what: tenancy_admin runs the lifecycle; functions that make or
+-- drop schemas and roles run as the extension's owner, with a pinned path.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_admin') THEN
+        CREATE ROLE tenancy_admin NOLOGIN;
+    END IF;
+END
+$$;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenancy FROM PUBLIC;
+GRANT USAGE ON SCHEMA tenancy TO tenancy_admin;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA tenancy TO tenancy_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO tenancy_admin;
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'tenancy'::regnamespace
+          AND p.proname IN ('_provision', 'provision_batch', 'register_template', '_process_next',
+                            '_stop_batch', '_finalize_batches', 'process_queue', 'cancel_batch',
+                            'cleanup_batches', 'set_pool_size', '_pool_work', '_pool_build', 'suspend',
+                            'resume', 'drop_tenant', '_trash_work', 'bulk_update', 'migrate',
+                            '_migrate_tenant', '_queue_migrations', '_build_reference')
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
+END
+$$;
+
 SELECT tenancy._load_shipped_templates();
 -- serve this database now, not at the worker's next look
 SELECT tenancy._wake_worker();

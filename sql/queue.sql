@@ -23,7 +23,7 @@ DECLARE
     err_detail text;
 BEGIN
     FOR b IN
-        SELECT bt.id, bt.status, bt.max_concurrent, bt.retry_attempts, bt.retry_delay, bt.continue_on_error
+        SELECT bt.id, bt.kind, bt.status, bt.max_concurrent, bt.retry_attempts, bt.retry_delay, bt.continue_on_error
         FROM tenancy.batches bt
         WHERE bt.status IN ('queued', 'in_progress')
           AND EXISTS (SELECT 1 FROM tenancy.batch_items i
@@ -56,9 +56,14 @@ BEGIN
 
         t0 := clock_timestamp();
         BEGIN
-            new_id := tenancy._provision(it.slug, it.spec->>'name',
-                                         coalesce(it.spec->>'template', 'default'),
-                                         it.spec - 'slug' - 'name' - 'template');
+            IF b.kind = 'migrate' THEN
+                new_id := (it.spec->>'tenant_id')::uuid;
+                PERFORM tenancy._migrate_tenant(new_id, (it.spec->>'to_version')::integer);
+            ELSE
+                new_id := tenancy._provision(it.slug, it.spec->>'name',
+                                             coalesce(it.spec->>'template', 'default'),
+                                             it.spec - 'slug' - 'name' - 'template');
+            END IF;
             UPDATE tenancy.batch_items
             SET status = 'succeeded', attempts = attempts + 1, tenant_id = new_id,
                 schema_name = (SELECT t.schema_name FROM tenancy.tenants t WHERE t.id = new_id),
@@ -222,6 +227,8 @@ BEGIN
         done := done + 1;
     END LOOP;
     PERFORM tenancy._finalize_batches();
+    -- one chunk of a dropped tenant's schema, as the worker would
+    PERFORM tenancy._trash_work();
     RETURN done;
 END
 $$;

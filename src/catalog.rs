@@ -26,9 +26,15 @@ pub fn one_or_none<T>(r: Result<Option<T>, pgrx::spi::Error>) -> Option<T> {
 
 /// The newest version of a template, or 42704.
 pub fn latest_template(name: &str) -> Template {
+    template_version(name, None)
+}
+
+/// A version of a template (the newest when `None`), or 42704.
+pub fn template_version(name: &str, version: Option<i32>) -> Template {
     let row = Spi::get_two_with_args::<i32, JsonB>(
-        "SELECT version, spec FROM tenancy.templates WHERE name = $1 ORDER BY version DESC LIMIT 1",
-        &[name.into()],
+        "SELECT version, spec FROM tenancy.templates WHERE name = $1 AND ($2 IS NULL OR version = $2) \
+         ORDER BY version DESC LIMIT 1",
+        &[name.into(), version.into()],
     );
     let (version, spec) = match row {
         Ok((Some(v), Some(s))) => (v, s),
@@ -69,10 +75,10 @@ pub struct NewTenant<'a> {
 pub fn insert_tenant(t: &NewTenant) -> Option<Uuid> {
     let o = t.options;
     one_or_none(Spi::get_one_with_args::<Uuid>(
-        "INSERT INTO tenancy.tenants AS t (slug, name, status, isolation, schema_name, template, \
-             template_version, domain, email, tenant_type, settings, features, max_users, \
+        "INSERT INTO tenancy.tenants AS t (slug, name, status, isolation, schema_name, role_name, \
+             template, template_version, domain, email, tenant_type, settings, features, max_users, \
              max_storage_bytes, provisioned_at) \
-         VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now()) \
+         VALUES ($1, $2, 'active', $3, $4, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now()) \
          ON CONFLICT DO NOTHING RETURNING t.id",
         &[
             t.slug.into(),

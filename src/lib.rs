@@ -31,6 +31,16 @@ extension_sql_file!(
     name = "pool",
     requires = ["queue", pool_build, wake_worker]
 );
+extension_sql_file!(
+    "../sql/lifecycle.sql",
+    name = "lifecycle",
+    requires = ["pool", migrate_tenant]
+);
+extension_sql_file!(
+    "../sql/health.sql",
+    name = "health",
+    requires = ["lifecycle", build_reference]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

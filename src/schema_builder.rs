@@ -11,8 +11,9 @@ use std::panic::AssertUnwindSafe;
 use tenancy_core::ident::{qualified, quote_ident};
 use tenancy_core::TenancyError;
 
-/// Runs one template statement; on error re-raises it with its origin.
-fn run_statement(template: &Template, total: usize, number: usize, origin: &str, sql: &str) {
+/// Runs one template statement; on error re-raises it with `context` (which
+/// template, version and statement) in the detail, keeping its SQLSTATE.
+pub fn run_statement(context: &str, sql: &str) {
     PgTryBuilder::new(AssertUnwindSafe(|| Spi::run(sql).or_raise()))
         .catch_others(|e| {
             let report = match &e {
@@ -23,10 +24,7 @@ fn run_statement(template: &Template, total: usize, number: usize, origin: &str,
             if preview.len() < sql.len() {
                 preview.push_str("...");
             }
-            let mut detail = format!(
-                "template {:?} version {}, statement {number} of {total} ({origin}): {preview}",
-                template.name, template.version
-            );
+            let mut detail = format!("{context}: {preview}");
             if let Some(d) = report.detail() {
                 detail = format!("{d}\n{detail}");
             }
@@ -65,7 +63,11 @@ pub fn build_schema(template: &Template, schema: &str, timescale_schema: Option<
         scope.set("search_path", &format!("{}, public", quote_ident(schema)));
         let total = statements.len();
         for s in &statements {
-            run_statement(template, total, s.number, &s.origin, &s.sql);
+            let context = format!(
+                "template {:?} version {}, statement {} of {total} ({})",
+                template.name, template.version, s.number, s.origin
+            );
+            run_statement(&context, &s.sql);
         }
     }
     if let Some(ts) = timescale_schema {

@@ -2,6 +2,7 @@
 
 mod batches;
 mod health;
+mod migrate;
 pub mod pool;
 mod provision;
 mod templates;

@@ -49,6 +49,12 @@ fn provision_internal(
     if !pooled {
         build_schema(&template, &schema, timescale_schema.as_deref());
     }
+    // the tenant's own role: NOLOGIN, may use this schema and nothing else
+    Spi::run_with_args(
+        "SELECT tenancy._setup_tenant_role($1, $1)",
+        &[schema.as_str().into()],
+    )
+    .or_raise();
 
     catalog::audit(AuditEntry {
         action: "provision",

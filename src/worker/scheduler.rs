@@ -86,7 +86,9 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
             Spi::connect_mut(|c| {
                 c.update("SELECT tenancy._finalize_batches()", None, &[])?;
                 let row = c.select(
-                    "SELECT d.ready + least(tenancy._pool_deficit(), 1), d.waiting \
+                    "SELECT d.ready + least(tenancy._pool_deficit() \
+                         + (SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenancy\\_trash\\_%')::int, 1), \
+                            d.waiting \
                      FROM tenancy._queue_demand() d",
                     None,
                     &[],

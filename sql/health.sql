@@ -1,0 +1,113 @@
+-- health(tenant): one tenant against its template version.
+
+-- What a schema holds, named without the schema: tables, columns, indexes.
+CREATE FUNCTION tenancy._schema_objects(schema_name name) RETURNS TABLE(kind text, object text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'table', c.relname::text
+    FROM pg_class c
+    WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND c.relkind IN ('r', 'p')
+      AND NOT c.relispartition
+    UNION ALL
+    SELECT 'column', c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND c.relkind IN ('r', 'p')
+      AND NOT c.relispartition
+    UNION ALL
+    SELECT 'index', replace(pg_get_indexdef(i.indexrelid), quote_ident(schema_name) || '.', '')
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+    WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND NOT c.relispartition
+$$;
+
+CREATE FUNCTION tenancy.health(tenant text) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants;
+    schema_now name;
+    ref name := ('tenancy_ref_' || pg_backend_pid())::name;
+    expected text[];
+    actual text[];
+    missing text[];
+    extra text[];
+    reference_error text;
+    size_bytes bigint := 0;
+    row_estimate bigint := 0;
+    conns integer := 0;
+    score integer := 100;
+    reasons text[] := '{}';
+BEGIN
+    SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant;
+    IF NOT FOUND AND tenant ~ '^[0-9a-fA-F-]{36}$' THEN
+        SELECT * INTO t FROM tenancy.tenants WHERE id = tenant::uuid;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
+    END IF;
+    schema_now := CASE WHEN t.status = 'archived' THEN tenancy._archive_name(t) ELSE t.schema_name END;
+
+    IF t.status = 'dropped' THEN
+        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'score', 0,
+                                  'reasons', jsonb_build_array('the tenant was dropped at ' || t.dropped_at));
+    END IF;
+    IF t.isolation = 'schema' AND to_regnamespace(quote_ident(schema_now)) IS NULL THEN
+        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'schema', schema_now,
+                                  'schema_present', false, 'score', 0,
+                                  'reasons', jsonb_build_array(format('schema %s is missing', schema_now)));
+    END IF;
+
+    -- the objects of a fresh schema of the tenant's template version, built
+    -- in a subtransaction that is always rolled back
+    BEGIN
+        PERFORM tenancy._build_reference(t.template, t.template_version, ref);
+        SELECT array_agg(kind || ' ' || object ORDER BY 1) INTO expected FROM tenancy._schema_objects(ref);
+        RAISE EXCEPTION USING ERRCODE = 'TNRB0';
+    EXCEPTION
+        WHEN SQLSTATE 'TNRB0' THEN NULL;
+        WHEN OTHERS THEN reference_error := SQLERRM;
+    END;
+    SELECT array_agg(kind || ' ' || object ORDER BY 1) INTO actual FROM tenancy._schema_objects(schema_now);
+    SELECT array_agg(x ORDER BY x) INTO missing FROM unnest(expected) x WHERE x <> ALL (coalesce(actual, '{}'));
+    SELECT array_agg(x ORDER BY x) INTO extra FROM unnest(actual) x WHERE x <> ALL (coalesce(expected, '{}'));
+
+    SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(greatest(c.reltuples, 0)), 0)
+    INTO size_bytes, row_estimate
+    FROM pg_class c WHERE c.relnamespace = to_regnamespace(quote_ident(schema_now)) AND c.relkind IN ('r', 'm');
+    SELECT count(*) INTO conns FROM pg_stat_activity a
+    WHERE a.datname = current_database() AND a.usename = t.role_name;
+
+    IF t.status <> 'active' THEN
+        score := score - 40;
+        reasons := reasons || format('the tenant is %s', t.status);
+    END IF;
+    IF reference_error IS NOT NULL THEN
+        score := score - 10;
+        reasons := reasons || format('its template version could not be built to compare: %s', reference_error);
+    END IF;
+    IF missing IS NOT NULL THEN
+        score := score - least(50, 10 * cardinality(missing));
+        reasons := reasons || format('%s object(s) of template %s version %s missing', cardinality(missing),
+                                     t.template, t.template_version);
+    END IF;
+    IF extra IS NOT NULL THEN
+        score := score - least(10, 2 * cardinality(extra));
+        reasons := reasons || format('%s object(s) not in the template', cardinality(extra));
+    END IF;
+    IF t.max_storage_bytes IS NOT NULL AND size_bytes > t.max_storage_bytes THEN
+        score := score - 20;
+        reasons := reasons || format('storage %s is over its quota of %s', pg_size_pretty(size_bytes),
+                                     pg_size_pretty(t.max_storage_bytes));
+    END IF;
+    RETURN jsonb_build_object(
+        'tenant', t.slug, 'status', t.status, 'template', t.template,
+        'template_version', t.template_version, 'schema', schema_now, 'schema_present', true,
+        'missing', coalesce(to_jsonb(missing), '[]'), 'extra', coalesce(to_jsonb(extra), '[]'),
+        'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns,
+        'score', greatest(score, 0), 'reasons', to_jsonb(reasons));
+END
+$$;
+
+CREATE FUNCTION tenancy.health(tenant uuid) RETURNS jsonb
+LANGUAGE sql RETURN tenancy.health(tenant::text);

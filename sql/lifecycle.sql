@@ -1,0 +1,383 @@
+-- Tenant lifecycle: roles, suspend/resume, drop/archive, bulk updates,
+-- migrations to newer template versions. Every operation writes an audit row.
+
+-- The tenant a slug or id names, locked for the rest of the transaction; 42704 if none.
+CREATE FUNCTION tenancy._tenant_for_update(tenant text) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants;
+BEGIN
+    SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant FOR UPDATE;
+    IF NOT FOUND AND tenant ~ '^[0-9a-fA-F-]{36}$' THEN
+        SELECT * INTO t FROM tenancy.tenants WHERE id = tenant::uuid FOR UPDATE;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN t;
+END
+$$;
+
+CREATE FUNCTION tenancy._audit(action text, t tenancy.tenants, details jsonb) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details)
+    VALUES (action, t.id, t.slug, details);
+$$;
+
+-- The privileges a tenant's role has on its schema's objects (not on the
+-- schema itself: USAGE is what suspend takes away and resume gives back).
+CREATE FUNCTION tenancy._grant_tenant_objects(schema_name name, role_name name) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA %I TO %I', schema_name, role_name);
+    EXECUTE format('GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA %I TO %I', schema_name, role_name);
+    EXECUTE format('GRANT EXECUTE ON ALL ROUTINES IN SCHEMA %I TO %I', schema_name, role_name);
+END
+$$;
+
+-- Makes the tenant's role if needed and gives it its schema.
+CREATE FUNCTION tenancy._setup_tenant_role(schema_name name, role_name name) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
+        EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);
+        EXECUTE format('COMMENT ON ROLE %I IS %L', role_name,
+                       format('tenancy: tenant role for schema %s in database %s', schema_name, current_database()));
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', schema_name, role_name);
+    PERFORM tenancy._grant_tenant_objects(schema_name, role_name);
+END
+$$;
+
+CREATE FUNCTION tenancy.suspend(tenant text) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants := tenancy._tenant_for_update(tenant);
+BEGIN
+    IF t.status <> 'active' THEN
+        RAISE EXCEPTION 'tenant "%" is %; only an active tenant can be suspended', t.slug, t.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF t.role_name IS NOT NULL AND t.schema_name IS NOT NULL THEN
+        EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', t.schema_name, t.role_name);
+    END IF;
+    UPDATE tenancy.tenants SET status = 'suspended', updated_at = now() WHERE id = t.id RETURNING * INTO t;
+    PERFORM tenancy._audit('suspend', t, jsonb_build_object('before', 'active', 'after', 'suspended'));
+    RETURN t;
+END
+$$;
+
+CREATE FUNCTION tenancy.resume(tenant text) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants := tenancy._tenant_for_update(tenant);
+    before tenancy.tenant_status := t.status;
+    archived name;
+BEGIN
+    IF t.status NOT IN ('suspended', 'archived') THEN
+        RAISE EXCEPTION 'tenant "%" is %; only a suspended or archived tenant can be resumed', t.slug, t.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF t.status = 'archived' THEN
+        archived := tenancy._archive_name(t);
+        IF to_regnamespace(quote_ident(archived)) IS NULL THEN
+            RAISE EXCEPTION 'the archived schema % of tenant "%" is gone', archived, t.slug
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', archived, t.schema_name);
+    END IF;
+    IF t.role_name IS NOT NULL THEN
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', t.schema_name, t.role_name);
+    END IF;
+    UPDATE tenancy.tenants SET status = 'active', updated_at = now() WHERE id = t.id RETURNING * INTO t;
+    PERFORM tenancy._audit('resume', t, jsonb_build_object('before', before, 'after', 'active'));
+    RETURN t;
+END
+$$;
+
+-- Where an archived tenant's schema is kept: out of the tenant namespace.
+CREATE FUNCTION tenancy._archive_name(t tenancy.tenants) RETURNS name
+LANGUAGE sql IMMUTABLE
+RETURN ('tenancy_arch_' || t.slug)::name;
+
+CREATE FUNCTION tenancy.drop_tenant(tenant text, keep_data boolean DEFAULT false) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants := tenancy._tenant_for_update(tenant);
+    before tenancy.tenant_status := t.status;
+    trash name;
+BEGIN
+    IF t.status IN ('dropped') OR (keep_data AND t.status = 'archived') THEN
+        RAISE EXCEPTION 'tenant "%" is already %', t.slug, t.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF keep_data THEN
+        -- archive: renamed out of the way, no access, restorable by resume
+        IF t.role_name IS NOT NULL THEN
+            EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', t.schema_name, t.role_name);
+        END IF;
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, tenancy._archive_name(t));
+        UPDATE tenancy.tenants SET status = 'archived', updated_at = now() WHERE id = t.id RETURNING * INTO t;
+        PERFORM tenancy._audit('archive', t, jsonb_build_object('before', before, 'after', 'archived',
+                                                               'schema', tenancy._archive_name(t)));
+        RETURN t;
+    END IF;
+    -- drop: the schema leaves the tenant namespace at once (a rename locks
+    -- only the schema); its tables are dropped in chunks by the worker or
+    -- process_queue, so thousands of tables never need a lock each in one
+    -- transaction
+    trash := ('tenancy_trash_' || substr(replace(t.id::text, '-', ''), 1, 16))::name;
+    IF t.status = 'archived' THEN
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', tenancy._archive_name(t), trash);
+    ELSIF t.schema_name IS NOT NULL AND to_regnamespace(quote_ident(t.schema_name)) IS NOT NULL THEN
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, trash);
+    END IF;
+    IF t.role_name IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = t.role_name) THEN
+        EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', trash, t.role_name);
+        EXECUTE format('DROP OWNED BY %I', t.role_name);
+        BEGIN
+            EXECUTE format('DROP ROLE %I', t.role_name);
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            -- it still has privileges in another database: leave it there
+            RAISE NOTICE 'role % of tenant "%" is still used elsewhere and was kept', t.role_name, t.slug;
+        END;
+    END IF;
+    UPDATE tenancy.tenants
+    SET status = 'dropped', dropped_at = now(), updated_at = now(), domain = NULL
+    WHERE id = t.id RETURNING * INTO t;
+    PERFORM tenancy._audit('drop', t, jsonb_build_object('before', before, 'after', 'dropped', 'trash_schema', trash));
+    PERFORM tenancy._wake_worker();
+    RETURN t;
+END
+$$;
+
+-- Drops one chunk of a dropped tenant's schema; false when there is no trash.
+CREATE FUNCTION tenancy._trash_work(chunk integer DEFAULT 100) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s name;
+    r record;
+    n integer := 0;
+BEGIN
+    SELECT nspname INTO s FROM pg_namespace WHERE nspname LIKE 'tenancy\_trash\_%' ORDER BY oid LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    FOR r IN SELECT c.relname FROM pg_class c
+             WHERE c.relnamespace = to_regnamespace(quote_ident(s)) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               AND NOT c.relispartition
+             ORDER BY c.oid LIMIT chunk LOOP
+        EXECUTE format('DROP TABLE IF EXISTS %I.%I CASCADE', s, r.relname);
+        n := n + 1;
+    END LOOP;
+    IF n = 0 THEN
+        EXECUTE format('DROP SCHEMA %I CASCADE', s);
+    END IF;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION tenancy.bulk_update(tenants text[], changes jsonb, options jsonb DEFAULT '{}') RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    allowed text[] := ARRAY['name', 'domain', 'status', 'settings', 'features', 'max_users',
+                            'max_storage_bytes', 'template_version'];
+    bad text[];
+    missing text[];
+    cur tenancy.tenants;
+    n integer := 0;
+    batch uuid;
+BEGIN
+    IF jsonb_typeof(changes) IS DISTINCT FROM 'object' OR changes = '{}' THEN
+        RAISE EXCEPTION 'changes must be a non-empty JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(k ORDER BY k) INTO bad FROM jsonb_object_keys(changes) k WHERE k <> ALL (allowed);
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'unknown key% in changes: %', CASE WHEN cardinality(bad) > 1 THEN 's' ELSE '' END,
+                        array_to_string(bad, ', ')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Allowed: ' || array_to_string(allowed, ', ');
+    END IF;
+    IF options IS NOT NULL AND options <> '{}' AND EXISTS (
+            SELECT 1 FROM jsonb_object_keys(options) k WHERE k <> 'max_concurrent') THEN
+        RAISE EXCEPTION 'unknown option in bulk_update (allowed: max_concurrent)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF changes ? 'status' AND changes->>'status' NOT IN ('active', 'suspended') THEN
+        RAISE EXCEPTION 'status can be changed to active or suspended, not %', changes->'status'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use tenancy.drop_tenant to drop or archive a tenant.';
+    END IF;
+    SELECT array_agg(x) INTO missing FROM unnest(bulk_update.tenants) x
+    WHERE NOT EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = x AND t.status <> 'dropped');
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'tenant% % do% not exist', CASE WHEN cardinality(missing) > 1 THEN 's' ELSE '' END,
+                        (SELECT string_agg(format('"%s"', m), ', ') FROM unnest(missing) m),
+                        CASE WHEN cardinality(missing) > 1 THEN '' ELSE 'es' END
+            USING ERRCODE = 'undefined_object';
+    END IF;
+
+    IF changes ? 'template_version' THEN
+        -- a schema change: through the worker, one transaction per tenant
+        IF (changes - 'template_version') <> '{}' THEN
+            RAISE EXCEPTION 'template_version cannot be combined with other changes'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT array_agg(DISTINCT template) INTO bad FROM tenancy.tenants
+        WHERE slug = ANY (bulk_update.tenants) AND status <> 'dropped';
+        IF cardinality(bad) > 1 THEN
+            RAISE EXCEPTION 'these tenants use different templates (%); migrate one template at a time',
+                            array_to_string(bad, ', ') USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        batch := tenancy._queue_migrations(bad[1], bulk_update.tenants, (changes->>'template_version')::integer,
+                                           coalesce((options->>'max_concurrent')::integer, 2), true);
+        SELECT count(*) INTO n FROM tenancy.batch_items WHERE batch_id = batch;
+        RAISE NOTICE 'migration batch %: % tenants queued', batch, n;
+        RETURN n;
+    END IF;
+
+    FOR cur IN SELECT * FROM tenancy.tenants WHERE slug = ANY (bulk_update.tenants) AND status <> 'dropped'
+             ORDER BY slug FOR UPDATE LOOP
+        DECLARE
+            after tenancy.tenants;
+        BEGIN
+            IF changes ? 'status' AND cur.status::text <> changes->>'status' THEN
+                IF changes->>'status' = 'suspended' THEN
+                    PERFORM tenancy.suspend(cur.slug);
+                ELSE
+                    PERFORM tenancy.resume(cur.slug);
+                END IF;
+            END IF;
+            UPDATE tenancy.tenants SET
+                name = CASE WHEN changes ? 'name' THEN changes->>'name' ELSE name END,
+                domain = CASE WHEN changes ? 'domain' THEN changes->>'domain' ELSE domain END,
+                settings = CASE WHEN changes ? 'settings' THEN tenancy._merge(settings, changes->'settings') ELSE settings END,
+                features = CASE WHEN changes ? 'features' THEN tenancy._merge(features, changes->'features') ELSE features END,
+                max_users = CASE WHEN changes ? 'max_users' THEN (changes->>'max_users')::integer ELSE max_users END,
+                max_storage_bytes = CASE WHEN changes ? 'max_storage_bytes' THEN (changes->>'max_storage_bytes')::bigint ELSE max_storage_bytes END,
+                updated_at = now()
+            WHERE id = cur.id
+            RETURNING * INTO after;
+            PERFORM tenancy._audit('bulk_update', after, jsonb_build_object(
+                'changes', changes,
+                'before', jsonb_build_object('name', cur.name, 'domain', cur.domain, 'status', cur.status,
+                                             'settings', cur.settings, 'features', cur.features,
+                                             'max_users', cur.max_users, 'max_storage_bytes', cur.max_storage_bytes),
+                'after', jsonb_build_object('name', after.name, 'domain', after.domain, 'status', after.status,
+                                            'settings', after.settings, 'features', after.features,
+                                            'max_users', after.max_users, 'max_storage_bytes', after.max_storage_bytes)));
+            n := n + 1;
+        END;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- settings/features merge: keys of the patch replace, a key set to null goes.
+CREATE FUNCTION tenancy._merge(base jsonb, patch jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(jsonb_object_agg(k, v), '{}'::jsonb)
+    FROM jsonb_each(coalesce(base, '{}') || patch) AS e(k, v)
+    WHERE v <> 'null'::jsonb
+$$;
+
+-- Queues one migrate item per tenant below the target version. With
+-- refuse_newer, a listed tenant already past the target is an error.
+CREATE FUNCTION tenancy._queue_migrations(template text, slugs text[], to_version integer,
+                                          max_concurrent integer, refuse_newer boolean)
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    newer text[];
+    batch uuid;
+    n integer;
+BEGIN
+    IF to_version IS NULL OR NOT EXISTS (
+            SELECT 1 FROM tenancy.templates t WHERE t.name = _queue_migrations.template AND t.version = to_version) THEN
+        RAISE EXCEPTION 'template "%" has no version %', template, to_version
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(t.slug ORDER BY t.slug) INTO newer FROM tenancy.tenants t
+    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version > to_version;
+    IF refuse_newer AND newer IS NOT NULL THEN
+        RAISE EXCEPTION 'version % of template "%" is older than that of tenant%: %', to_version, template,
+                        CASE WHEN cardinality(newer) > 1 THEN 's' ELSE '' END, array_to_string(newer, ', ')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_concurrent IS NULL OR max_concurrent NOT BETWEEN 1 AND 20 THEN
+        RAISE EXCEPTION 'max_concurrent must be from 1 to 20' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT count(*) INTO n FROM tenancy.tenants t
+    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version < to_version;
+    INSERT INTO tenancy.batches (kind, total, max_concurrent, retry_attempts, retry_delay, options, status,
+                                 started_at, finished_at)
+    VALUES ('migrate', n, max_concurrent, current_setting('tenancy.retry_attempts')::integer,
+            current_setting('tenancy.retry_delay')::interval,
+            jsonb_build_object('template', template, 'to_version', to_version, 'max_concurrent', max_concurrent),
+            CASE WHEN n = 0 THEN 'completed' ELSE 'queued' END::tenancy.batch_state,
+            CASE WHEN n = 0 THEN now() END, CASE WHEN n = 0 THEN now() END)
+    RETURNING id INTO batch;
+    INSERT INTO tenancy.batch_items (batch_id, ordinal, slug, spec)
+    SELECT batch, row_number() OVER (ORDER BY t.slug), t.slug,
+           jsonb_build_object('tenant_id', t.id, 'to_version', to_version)
+    FROM tenancy.tenants t
+    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version < to_version;
+    INSERT INTO tenancy.audit_log (action, details)
+    VALUES ('migrate', jsonb_build_object('batch', batch, 'template', template, 'to_version', to_version,
+                                          'tenants', n));
+    PERFORM tenancy._wake_worker();
+    RETURN batch;
+END
+$$;
+
+-- Every tenant on a template to a version, through the worker. Tenants
+-- already there are skipped: run it again after fixing a failure.
+CREATE FUNCTION tenancy.migrate(template text, to_version integer, options jsonb DEFAULT '{}') RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    slugs text[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM tenancy.templates t WHERE t.name = migrate.template) THEN
+        RAISE EXCEPTION 'template "%" does not exist', template USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM tenancy.templates t WHERE t.name = migrate.template AND t.version = to_version) THEN
+        RAISE EXCEPTION 'template "%" has no version %', template, to_version
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(t.slug) INTO slugs FROM tenancy.tenants t
+    WHERE t.template = migrate.template AND t.status <> 'dropped' AND t.isolation = 'schema';
+    RETURN tenancy._queue_migrations(template, coalesce(slugs, '{}'), to_version,
+                                     coalesce((options->>'max_concurrent')::integer, 2), false);
+END
+$$;
+
+-- The same operations by tenant id.
+CREATE FUNCTION tenancy.suspend(tenant uuid) RETURNS tenancy.tenants
+LANGUAGE sql RETURN tenancy.suspend(tenant::text);
+CREATE FUNCTION tenancy.resume(tenant uuid) RETURNS tenancy.tenants
+LANGUAGE sql RETURN tenancy.resume(tenant::text);
+CREATE FUNCTION tenancy.drop_tenant(tenant uuid, keep_data boolean DEFAULT false) RETURNS tenancy.tenants
+LANGUAGE sql RETURN tenancy.drop_tenant(tenant::text, keep_data);
