@@ -15,7 +15,8 @@ PORT = int(os.environ.get("TENANCY_TEST_PORT", "5498"))
 
 
 def connect(dbname, **kw):
-    return psycopg.connect(host=HOST, port=PORT, user="postgres", dbname=dbname, **kw)
+    kw.setdefault("user", "postgres")
+    return psycopg.connect(host=HOST, port=PORT, dbname=dbname, **kw)
 
 
 @pytest.fixture
