@@ -70,7 +70,8 @@ BEGIN
                             '_stop_batch', '_finalize_batches', 'process_queue', 'cancel_batch',
                             'cleanup_batches', 'set_pool_size', '_pool_work', '_pool_build', 'suspend',
                             'resume', 'drop_tenant', '_trash_work', 'bulk_update', 'migrate',
-                            '_migrate_tenant', '_queue_migrations', '_build_reference')
+                            '_migrate_tenant', '_queue_migrations', '_build_reference',
+                            '_drop_tenant_role')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
     END LOOP;

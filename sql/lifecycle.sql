@@ -41,8 +41,12 @@ BEGIN
 END
 $$;
 
--- Makes the tenant's role if needed and gives it its schema.
-CREATE FUNCTION tenancy._setup_tenant_role(schema_name name, role_name name) RETURNS void
+-- Makes the tenant's role if needed and gives it its schema: USAGE, and
+-- default privileges so that every object made there later (a migration)
+-- is the role's to use without a GRANT. With existing_objects, also grants
+-- on what the schema already holds (a schema claimed from the warm pool).
+CREATE FUNCTION tenancy._setup_tenant_role(schema_name name, role_name name,
+                                           existing_objects boolean DEFAULT true) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -53,7 +57,12 @@ BEGIN
                        format('tenancy: tenant role for schema %s in database %s', schema_name, current_database()));
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', schema_name, role_name);
-    PERFORM tenancy._grant_tenant_objects(schema_name, role_name);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON TABLES TO %I', schema_name, role_name);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO %I', schema_name, role_name);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT EXECUTE ON ROUTINES TO %I', schema_name, role_name);
+    IF existing_objects THEN
+        PERFORM tenancy._grant_tenant_objects(schema_name, role_name);
+    END IF;
 END
 $$;
 
@@ -107,6 +116,25 @@ BEGIN
 END
 $$;
 
+-- Drops a tenant's role with its privileges in this database; keeps it, with
+-- a notice, when another database of the cluster still grants it something.
+CREATE FUNCTION tenancy._drop_tenant_role(role_name name) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF role_name IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
+        RETURN;
+    END IF;
+    EXECUTE format('DROP OWNED BY %I', role_name);
+    BEGIN
+        EXECUTE format('DROP ROLE %I', role_name);
+    EXCEPTION WHEN dependent_objects_still_exist THEN
+        RAISE NOTICE 'role % is still granted privileges in another database and was kept', role_name;
+    END;
+END
+$$;
+
 -- Where an archived tenant's schema is kept: out of the tenant namespace.
 CREATE FUNCTION tenancy._archive_name(t tenancy.tenants) RETURNS name
 LANGUAGE sql IMMUTABLE
@@ -146,16 +174,7 @@ BEGIN
     ELSIF t.schema_name IS NOT NULL AND to_regnamespace(quote_ident(t.schema_name)) IS NOT NULL THEN
         EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, trash);
     END IF;
-    IF t.role_name IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = t.role_name) THEN
-        EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', trash, t.role_name);
-        EXECUTE format('DROP OWNED BY %I', t.role_name);
-        BEGIN
-            EXECUTE format('DROP ROLE %I', t.role_name);
-        EXCEPTION WHEN dependent_objects_still_exist THEN
-            -- it still has privileges in another database: leave it there
-            RAISE NOTICE 'role % of tenant "%" is still used elsewhere and was kept', t.role_name, t.slug;
-        END;
-    END IF;
+    PERFORM tenancy._drop_tenant_role(t.role_name);
     UPDATE tenancy.tenants
     SET status = 'dropped', dropped_at = now(), updated_at = now(), domain = NULL
     WHERE id = t.id RETURNING * INTO t;

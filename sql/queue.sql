@@ -161,7 +161,7 @@ BEGIN
 
     -- rollback_on_failure: once no item is queued, drop what the batch made
     FOR it IN
-        SELECT i.batch_id, i.ordinal, i.tenant_id, i.slug, t.schema_name
+        SELECT i.batch_id, i.ordinal, i.tenant_id, i.slug, t.schema_name, t.role_name
         FROM tenancy.batches bt
         JOIN tenancy.batch_items i ON i.batch_id = bt.id AND i.status = 'succeeded'
         LEFT JOIN tenancy.tenants t ON t.id = i.tenant_id
@@ -176,6 +176,7 @@ BEGIN
         IF it.schema_name IS NOT NULL THEN
             EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', it.schema_name);
         END IF;
+        PERFORM tenancy._drop_tenant_role(it.role_name);
         DELETE FROM tenancy.tenants WHERE id = it.tenant_id;
         UPDATE tenancy.batch_items SET status = 'rolled_back'
         WHERE batch_id = it.batch_id AND ordinal = it.ordinal;

@@ -53,9 +53,23 @@ pub fn check_prerequisites(template: &Template) -> Option<String> {
     }
 }
 
-/// Creates `schema` and every object of the template in it.
-pub fn build_schema(template: &Template, schema: &str, timescale_schema: Option<&str>) {
+/// Creates `schema` and every object of the template in it. With a tenant
+/// role, the role gets the schema first (default privileges), so the objects
+/// are its to use as they are made, without a GRANT over the schema after.
+pub fn build_schema(
+    template: &Template,
+    schema: &str,
+    timescale_schema: Option<&str>,
+    role: Option<&str>,
+) {
     Spi::run(&format!("CREATE SCHEMA {}", quote_ident(schema))).or_raise();
+    if let Some(role) = role {
+        Spi::run_with_args(
+            "SELECT tenancy._setup_tenant_role($1, $2, false)",
+            &[schema.into(), role.into()],
+        )
+        .or_raise();
+    }
     let statements = template.spec.schema_statements();
     {
         let scope = GucScope::new();

@@ -35,8 +35,8 @@ def test_200_tenant_batch_completes(db):
     assert db.execute("SELECT count(*) FROM tenancy.active_batches").fetchone()[0] == 0
 
 
-def mixed_batch(good, bad):
-    items = [{"slug": f"ok{i}"} for i in range(good)] + [{"slug": f"bad{i}", "template": "failing"} for i in range(bad)]
+def mixed_batch(good, bad, prefix=""):
+    items = [{"slug": f"{prefix}ok{i}"} for i in range(good)] + [{"slug": f"{prefix}bad{i}", "template": "failing"} for i in range(bad)]
     return json.dumps(items)
 
 
@@ -70,7 +70,7 @@ def test_rollback_on_failure_leaves_nothing(db):
     db.execute("SELECT tenancy.register_template('failing', %s)", (FAILING,))
     batch = db.execute(
         "SELECT tenancy.provision_batch(%s, '{\"rollback_on_failure\": true, \"max_concurrent\": 3}')",
-        (mixed_batch(12, 2),),
+        (mixed_batch(12, 2, "rb_"),),
     ).fetchone()[0]
     assert wait_batch(db, batch) == "failed"
     wait_for(lambda: db.execute("SELECT rolled_back_at IS NOT NULL FROM tenancy.batches WHERE id = %s", (batch,)).fetchone()[0],
@@ -79,6 +79,7 @@ def test_rollback_on_failure_leaves_nothing(db):
     assert s["rolled_back"] == 12 and s["succeeded"] == 0
     assert db.execute("SELECT count(*) FROM tenancy.tenants").fetchone()[0] == 0
     assert db.execute(r"SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant\_%'").fetchone()[0] == 0
+    assert db.execute(r"SELECT count(*) FROM pg_roles WHERE rolname ~ '^tenant_rb_ok[0-9]+$'").fetchone()[0] == 0
 
 
 def test_transient_errors_are_retried_with_backoff(db):

@@ -65,17 +65,17 @@ def test_suspend_denies_and_resume_restores_exactly(db):
 
 
 def test_drop_keeps_a_tombstone_and_frees_everything(db):
-    db.execute("SELECT tenancy.provision('d1')")
-    row = db.execute("SELECT status::text, dropped_at IS NOT NULL FROM tenancy.drop_tenant('d1')").fetchone()
+    db.execute("SELECT tenancy.provision('tomb1')")
+    row = db.execute("SELECT status::text, dropped_at IS NOT NULL FROM tenancy.drop_tenant('tomb1')").fetchone()
     assert row == ("dropped", True)
-    assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_d1'").fetchone()[0] == 0
-    assert db.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_d1'").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_tomb1'").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_tomb1'").fetchone()[0] == 0
     wait_for(lambda: db.execute(r"SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenancy\_trash\_%'").fetchone()[0] == 0,
              what="the dropped schema to be removed")
-    actor, action = db.execute("SELECT actor, action FROM tenancy.audit_log WHERE tenant_slug = 'd1' ORDER BY id DESC LIMIT 1").fetchone()
+    actor, action = db.execute("SELECT actor, action FROM tenancy.audit_log WHERE tenant_slug = 'tomb1' ORDER BY id DESC LIMIT 1").fetchone()
     assert (actor, action) == ("postgres", "drop")
     with pytest.raises(errors.ObjectNotInPrerequisiteState):
-        db.execute("SELECT tenancy.provision('d1')")
+        db.execute("SELECT tenancy.provision('tomb1')")
     with pytest.raises(errors.UndefinedObject):
         db.execute("SELECT tenancy.drop_tenant('never_was')")
 

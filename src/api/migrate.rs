@@ -67,13 +67,9 @@ fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
             }
         }
     }
-    if let Some(role) = role {
-        Spi::run_with_args(
-            "SELECT tenancy._grant_tenant_objects($1, $2)",
-            &[schema.as_str().into(), role.as_str().into()],
-        )
-        .or_raise();
-    }
+    // objects the migration made are the tenant role's already: the schema
+    // has default privileges for it (see _setup_tenant_role)
+    let _ = role;
     Spi::run_with_args(
         "UPDATE tenancy.tenants SET template_version = $2, updated_at = now() WHERE id = $1",
         &[tenant_id.into(), to_version.into()],
@@ -97,5 +93,5 @@ fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
 fn build_reference(template: &str, version: i32, schema: &str) {
     let t = catalog::template_version(template, Some(version));
     let ts = crate::schema_builder::check_prerequisites(&t);
-    crate::schema_builder::build_schema(&t, schema, ts.as_deref());
+    crate::schema_builder::build_schema(&t, schema, ts.as_deref(), None);
 }

@@ -17,7 +17,7 @@ fn pool_build(template: &str) -> String {
         "SELECT 'tenancy_pool_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)",
     ))
     .expect("a name");
-    build_schema(&t, &schema, ts.as_deref());
+    build_schema(&t, &schema, ts.as_deref(), None);
     Spi::run_with_args(
         "INSERT INTO tenancy.pool (schema_name, template, template_version) VALUES ($1, $2, $3)",
         &[

@@ -45,16 +45,19 @@ fn provision_internal(
         return existing_or_conflict(slug, &template.name, &options, &schema);
     };
 
+    // the tenant's own role (named like its schema): NOLOGIN, may use this
+    // schema and nothing else
+    let role = schema.as_str();
     let pooled = options.pool && crate::api::pool::claim(&template, &schema);
-    if !pooled {
-        build_schema(&template, &schema, timescale_schema.as_deref());
+    if pooled {
+        Spi::run_with_args(
+            "SELECT tenancy._setup_tenant_role($1, $2, true)",
+            &[schema.as_str().into(), role.into()],
+        )
+        .or_raise();
+    } else {
+        build_schema(&template, &schema, timescale_schema.as_deref(), Some(role));
     }
-    // the tenant's own role: NOLOGIN, may use this schema and nothing else
-    Spi::run_with_args(
-        "SELECT tenancy._setup_tenant_role($1, $1)",
-        &[schema.as_str().into()],
-    )
-    .or_raise();
 
     catalog::audit(AuditEntry {
         action: "provision",
