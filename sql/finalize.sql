@@ -59,6 +59,14 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenancy FROM PUBLIC;
 GRANT USAGE ON SCHEMA tenancy TO tenancy_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA tenancy TO tenancy_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO tenancy_admin;
+-- set_tenant reads the catalog as the owner, but must not pin search_path:
+-- setting it (for a schema tenant) is part of its job. Its own queries run
+-- with a safe search_path inside.
+ALTER FUNCTION tenancy.set_tenant(text, boolean) SECURITY DEFINER;
+-- what tenants' own sessions need: the context and the policies' functions
+GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.all_tenants_requested(),
+                          tenancy.set_tenant(text, boolean), tenancy.set_tenant(uuid, boolean) TO PUBLIC;
 DO $$
 DECLARE
     f regprocedure;
@@ -71,7 +79,7 @@ BEGIN
                             'cleanup_batches', 'set_pool_size', '_pool_work', '_pool_build', 'suspend',
                             'resume', 'drop_tenant', '_trash_work', 'bulk_update', 'migrate',
                             '_migrate_tenant', '_queue_migrations', '_build_reference',
-                            '_drop_tenant_role')
+                            '_drop_tenant_role', 'enable_rls')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
     END LOOP;

@@ -52,6 +52,33 @@ BEGIN
         RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'score', 0,
                                   'reasons', jsonb_build_array('the tenant was dropped at ' || t.dropped_at));
     END IF;
+    IF t.isolation = 'shared' THEN
+        -- a shared tenant is its rows in the shared tables
+        schema_now := tenancy._access_schema(t);
+        DECLARE
+            r record;
+            n bigint;
+            per_table jsonb := '{}';
+        BEGIN
+            FOR r IN SELECT c.oid::regclass AS tbl, c.relname FROM pg_class c
+                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+                     WHERE c.relnamespace = to_regnamespace(quote_ident(schema_now)) AND c.relkind IN ('r', 'p')
+                       AND NOT c.relispartition ORDER BY c.relname LOOP
+                EXECUTE format('SELECT count(*) FROM %s WHERE tenant_id = $1', r.tbl) INTO n USING t.id;
+                per_table := per_table || jsonb_build_object(r.relname, n);
+                row_estimate := row_estimate + n;
+            END LOOP;
+            IF t.status <> 'active' THEN
+                score := score - 40;
+                reasons := reasons || format('the tenant is %s', t.status);
+            END IF;
+            RETURN jsonb_build_object(
+                'tenant', t.slug, 'status', t.status, 'isolation', 'shared', 'template', t.template,
+                'template_version', t.template_version, 'shared_schema', schema_now,
+                'rows', per_table, 'row_count', row_estimate, 'score', greatest(score, 0),
+                'reasons', to_jsonb(reasons));
+        END;
+    END IF;
     IF t.isolation = 'schema' AND to_regnamespace(quote_ident(schema_now)) IS NULL THEN
         RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'schema', schema_now,
                                   'schema_present', false, 'score', 0,

@@ -77,8 +77,8 @@ BEGIN
         RAISE EXCEPTION 'tenant "%" is %; only an active tenant can be suspended', t.slug, t.status
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF t.role_name IS NOT NULL AND t.schema_name IS NOT NULL THEN
-        EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', t.schema_name, t.role_name);
+    IF t.role_name IS NOT NULL THEN
+        EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', tenancy._access_schema(t), t.role_name);
     END IF;
     UPDATE tenancy.tenants SET status = 'suspended', updated_at = now() WHERE id = t.id RETURNING * INTO t;
     PERFORM tenancy._audit('suspend', t, jsonb_build_object('before', 'active', 'after', 'suspended'));
@@ -99,7 +99,7 @@ BEGIN
         RAISE EXCEPTION 'tenant "%" is %; only a suspended or archived tenant can be resumed', t.slug, t.status
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF t.status = 'archived' THEN
+    IF t.status = 'archived' AND t.isolation = 'schema' THEN
         archived := tenancy._archive_name(t);
         IF to_regnamespace(quote_ident(archived)) IS NULL THEN
             RAISE EXCEPTION 'the archived schema % of tenant "%" is gone', archived, t.slug
@@ -108,12 +108,24 @@ BEGIN
         EXECUTE format('ALTER SCHEMA %I RENAME TO %I', archived, t.schema_name);
     END IF;
     IF t.role_name IS NOT NULL THEN
-        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', t.schema_name, t.role_name);
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', tenancy._access_schema(t), t.role_name);
     END IF;
     UPDATE tenancy.tenants SET status = 'active', updated_at = now() WHERE id = t.id RETURNING * INTO t;
     PERFORM tenancy._audit('resume', t, jsonb_build_object('before', before, 'after', 'active'));
     RETURN t;
 END
+$$;
+
+-- The schema whose USAGE the tenant's role gets: its own, or for a shared
+-- tenant the template's shared schema.
+CREATE FUNCTION tenancy._access_schema(t tenancy.tenants) RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN t.isolation = 'shared'
+                THEN coalesce(tp.spec->>'shared_schema', 'shared_' || t.template)::name
+                ELSE t.schema_name END
+    FROM tenancy.templates tp WHERE tp.name = t.template AND tp.version = t.template_version
 $$;
 
 -- Drops a tenant's role with its privileges in this database; keeps it, with
@@ -155,10 +167,12 @@ BEGIN
     END IF;
     IF keep_data THEN
         -- archive: renamed out of the way, no access, restorable by resume
-        IF t.role_name IS NOT NULL THEN
-            EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', t.schema_name, t.role_name);
+        IF t.role_name IS NOT NULL AND t.status <> 'suspended' THEN
+            EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', tenancy._access_schema(t), t.role_name);
         END IF;
-        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, tenancy._archive_name(t));
+        IF t.isolation = 'schema' THEN
+            EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, tenancy._archive_name(t));
+        END IF;
         UPDATE tenancy.tenants SET status = 'archived', updated_at = now() WHERE id = t.id RETURNING * INTO t;
         PERFORM tenancy._audit('archive', t, jsonb_build_object('before', before, 'after', 'archived',
                                                                'schema', tenancy._archive_name(t)));
@@ -169,7 +183,22 @@ BEGIN
     -- process_queue, so thousands of tables never need a lock each in one
     -- transaction
     trash := ('tenancy_trash_' || substr(replace(t.id::text, '-', ''), 1, 16))::name;
-    IF t.status = 'archived' THEN
+    IF t.isolation = 'shared' THEN
+        -- its rows in the shared tables; foreign keys cascade from the
+        -- tables made first, so go from the last made to the first
+        DECLARE
+            r record;
+        BEGIN
+            FOR r IN SELECT c.oid::regclass AS tbl FROM pg_class c
+                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+                     WHERE c.relnamespace = to_regnamespace(quote_ident(tenancy._access_schema(t)))
+                       AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+                     ORDER BY c.oid DESC LOOP
+                EXECUTE format('DELETE FROM %s WHERE tenant_id = $1', r.tbl) USING t.id;
+            END LOOP;
+        END;
+        trash := NULL;
+    ELSIF t.status = 'archived' THEN
         EXECUTE format('ALTER SCHEMA %I RENAME TO %I', tenancy._archive_name(t), trash);
     ELSIF t.schema_name IS NOT NULL AND to_regnamespace(quote_ident(t.schema_name)) IS NOT NULL THEN
         EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, trash);

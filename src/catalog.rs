@@ -65,7 +65,9 @@ pub struct NewTenant<'a> {
     pub slug: &'a str,
     pub name: Option<&'a str>,
     pub template: &'a Template,
-    pub schema_name: &'a str,
+    /// The tenant's own schema; none for a shared tenant.
+    pub schema_name: Option<&'a str>,
+    pub role_name: &'a str,
     pub options: &'a ProvisionOptions,
 }
 
@@ -78,7 +80,7 @@ pub fn insert_tenant(t: &NewTenant) -> Option<Uuid> {
         "INSERT INTO tenancy.tenants AS t (slug, name, status, isolation, schema_name, role_name, \
              template, template_version, domain, email, tenant_type, settings, features, max_users, \
              max_storage_bytes, provisioned_at) \
-         VALUES ($1, $2, 'active', $3, $4, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now()) \
+         VALUES ($1, $2, 'active', $3, $4, $14, $5, $6, $7, $8, $9, $10, $11, $12, $13, now()) \
          ON CONFLICT DO NOTHING RETURNING t.id",
         &[
             t.slug.into(),
@@ -94,6 +96,7 @@ pub fn insert_tenant(t: &NewTenant) -> Option<Uuid> {
             JsonB(o.features.clone()).into(),
             o.max_users.map(|v| v as i32).into(),
             o.max_storage_bytes.into(),
+            t.role_name.into(),
         ],
     ))
 }

@@ -41,6 +41,11 @@ extension_sql_file!(
     name = "health",
     requires = ["lifecycle", build_reference]
 );
+extension_sql_file!(
+    "../sql/rls.sql",
+    name = "rls",
+    requires = ["health", set_tenant]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -3,6 +3,7 @@
 mod batches;
 mod health;
 mod migrate;
+pub mod rls;
 pub mod pool;
 mod provision;
 mod templates;

@@ -22,15 +22,15 @@ fn provision_internal(
     let started = Instant::now();
     let slug = validate_slug(slug).or_raise();
     let options = parse_provision_options(options.as_ref().map(|j| &j.0)).or_raise();
-    if options.isolation == Isolation::Shared {
-        raise(TenancyError::NotSupported(
-            "isolation \"shared\" is not available yet; use \"schema\"".into(),
-        ));
-    }
     let template_name = template.unwrap_or("default");
     let template = catalog::latest_template(template_name);
     let timescale_schema = check_prerequisites(&template);
     let schema = template.spec.schema_name(slug);
+    // the tenant's own role, named like its schema: NOLOGIN, may use the
+    // tenant's schema (or, shared, the shared tables under RLS) and nothing else
+    let role = schema.as_str();
+    let shared = options.isolation == Isolation::Shared;
+    let shared_schema = shared.then(|| crate::api::rls::ensure_shared_schema(&template));
 
     // The catalog row comes first: its unique keys serialize two callers
     // racing for one slug before either creates anything.
@@ -38,25 +38,32 @@ fn provision_internal(
         slug,
         name,
         template: &template,
-        schema_name: &schema,
+        schema_name: (!shared).then_some(schema.as_str()),
+        role_name: role,
         options: &options,
     });
     let Some(id) = inserted else {
         return existing_or_conflict(slug, &template.name, &options, &schema);
     };
 
-    // the tenant's own role (named like its schema): NOLOGIN, may use this
-    // schema and nothing else
-    let role = schema.as_str();
-    let pooled = options.pool && crate::api::pool::claim(&template, &schema);
-    if pooled {
+    let mut pooled = false;
+    if let Some(shared_schema) = &shared_schema {
         Spi::run_with_args(
             "SELECT tenancy._setup_tenant_role($1, $2, true)",
-            &[schema.as_str().into(), role.into()],
+            &[shared_schema.as_str().into(), role.into()],
         )
         .or_raise();
     } else {
-        build_schema(&template, &schema, timescale_schema.as_deref(), Some(role));
+        pooled = options.pool && crate::api::pool::claim(&template, &schema);
+        if pooled {
+            Spi::run_with_args(
+                "SELECT tenancy._setup_tenant_role($1, $2, true)",
+                &[schema.as_str().into(), role.into()],
+            )
+            .or_raise();
+        } else {
+            build_schema(&template, &schema, timescale_schema.as_deref(), Some(role));
+        }
     }
 
     catalog::audit(AuditEntry {
@@ -66,7 +73,7 @@ fn provision_internal(
         details: json!({
             "template": template.name,
             "template_version": template.version,
-            "schema": schema,
+            "schema": shared_schema.as_deref().unwrap_or(&schema),
             "isolation": options.isolation.as_str(),
             "from_pool": pooled,
         }),

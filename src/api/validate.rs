@@ -27,15 +27,22 @@ pub fn known_for(items: &[serde_json::Value]) -> Known {
         Ok::<_, pgrx::spi::Error>(taken)
     })
     .or_raise();
+    let mut shared = std::collections::HashSet::new();
     let templates = Spi::connect(|client| {
         let mut found = HashMap::new();
         for row in client.select(
-            "SELECT DISTINCT ON (name) name, jsonb_array_length(coalesce(spec->'timescale_tables', '[]')) > 0 \
+            "SELECT DISTINCT ON (name) name, jsonb_array_length(coalesce(spec->'timescale_tables', '[]')) > 0, \
+                    jsonb_array_length(coalesce(spec->'shared_tables', '[]')) > 0 \
              FROM tenancy.templates WHERE name = ANY($1) ORDER BY name, version DESC",
             None,
             &[templates.into()],
         )? {
-            if let (Some(n), Some(ts)) = (row.get::<String>(1)?, row.get::<bool>(2)?) {
+            if let (Some(n), Some(ts), Some(sh)) =
+                (row.get::<String>(1)?, row.get::<bool>(2)?, row.get::<bool>(3)?)
+            {
+                if sh {
+                    shared.insert(n.clone());
+                }
                 found.insert(n, ts);
             }
         }
@@ -46,6 +53,7 @@ pub fn known_for(items: &[serde_json::Value]) -> Known {
         taken,
         templates,
         timescaledb_installed: catalog::extension_schema("timescaledb").is_some(),
+        shared_templates: shared,
     }
 }
 

@@ -14,6 +14,8 @@ pub struct Known {
     /// Templates that exist, with whether they need TimescaleDB.
     pub templates: HashMap<String, bool>,
     pub timescaledb_installed: bool,
+    /// Templates that have shared_tables (can provision shared tenants).
+    pub shared_templates: HashSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,10 +124,14 @@ pub fn check_items(items: &[Value], known: &Known) -> Vec<ItemReport> {
                     )),
                     Some(_) => {}
                 }
-                if spec.options.isolation == Isolation::Shared {
-                    report
-                        .errors
-                        .push("isolation \"shared\" is not available yet".into());
+                if spec.options.isolation == Isolation::Shared
+                    && known.templates.contains_key(&spec.template)
+                    && !known.shared_templates.contains(&spec.template)
+                {
+                    report.errors.push(format!(
+                        "isolation \"shared\" needs a template with shared_tables; {:?} has none",
+                        spec.template
+                    ));
                 }
                 seen.entry(spec.slug.clone()).or_insert(ordinal);
                 report.spec = Some(spec);
@@ -152,6 +158,7 @@ mod tests {
                 ("timeseries".to_string(), true),
             ]),
             timescaledb_installed: false,
+            shared_templates: HashSet::from(["default".to_string()]),
         }
     }
 
@@ -165,7 +172,9 @@ mod tests {
             7,
             {"slug": "ts1", "template": "timeseries"},
             {"slug": "x1", "template": "nope"},
-            {"slug": "gone"}
+            {"slug": "gone"},
+            {"slug": "sh1", "isolation": "shared"},
+            {"slug": "sh2", "isolation": "shared", "template": "timeseries"}
         ]);
         let r = check_items(items.as_array().unwrap(), &known());
         assert!(r[0].valid());
@@ -176,7 +185,9 @@ mod tests {
         assert!(r[5].errors[0].contains("timescaledb"));
         assert!(r[6].errors[0].contains("does not exist"));
         assert!(r[7].errors[0].contains("dropped"));
-        assert_eq!(r.iter().filter(|r| r.valid()).count(), 1);
+        assert!(r[8].valid());
+        assert!(r[9].errors.iter().any(|e| e.contains("shared_tables")), "{:?}", r[9]);
+        assert_eq!(r.iter().filter(|r| r.valid()).count(), 2);
     }
 
     #[test]

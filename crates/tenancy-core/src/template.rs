@@ -18,6 +18,7 @@ const SPEC_KEYS: &[&str] = &[
     "timescale_tables",
     "partitioned_tables",
     "shared_tables",
+    "shared_schema",
     "migrations",
 ];
 
@@ -79,6 +80,8 @@ pub struct TemplateSpec {
     pub timescale_tables: Vec<TimescaleTable>,
     pub partitioned_tables: Vec<PartitionedTable>,
     pub shared_tables: Vec<String>,
+    /// Where the shared tables live (`shared_<template>` by default).
+    pub shared_schema: Option<String>,
     pub migrations: Vec<String>,
 }
 
@@ -113,6 +116,13 @@ impl TemplateSpec {
             }
         }
         out
+    }
+
+    /// The schema of the template's shared tables.
+    pub fn shared_schema_name(&self, template: &str) -> String {
+        self.shared_schema
+            .clone()
+            .unwrap_or_else(|| format!("shared_{template}"))
     }
 
     /// The schema a tenant with this slug gets.
@@ -396,6 +406,21 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
     let functions = strings(spec, "functions", &mut problems);
     let shared_tables = strings(spec, "shared_tables", &mut problems);
     let migrations = strings(spec, "migrations", &mut problems);
+    let shared_schema = match spec.get("shared_schema") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p))
+            if is_simple_name(p) && !p.starts_with("pg_") && !p.starts_with(&schema_prefix) =>
+        {
+            Some(p.clone())
+        }
+        Some(_) => {
+            problems.push(Problem::new(
+                "shared_schema",
+                "must be a lowercase identifier, not starting with pg_ or the tenant schema prefix",
+            ));
+            None
+        }
+    };
     let listed = |key: &str| {
         spec.get(key)
             .and_then(Value::as_array)
@@ -408,7 +433,7 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
         ));
     }
 
-    for key in ["tables", "indexes", "functions", "migrations"] {
+    for key in ["tables", "indexes", "functions", "migrations", "shared_tables"] {
         let list = spec
             .get(key)
             .and_then(Value::as_array)
@@ -628,6 +653,7 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
             timescale_tables,
             partitioned_tables,
             shared_tables,
+            shared_schema,
             migrations,
         })
     } else {

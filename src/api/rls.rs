@@ -1,0 +1,155 @@
+//! Shared-table tenants: the tenant context (`set_tenant`) that RLS
+//! policies read, and the shared schema of a template.
+
+use crate::catalog::{self, Template};
+use crate::error::{raise, raise_with, sqlstate, OrRaise};
+use crate::guc_scope::GucScope;
+use crate::schema_builder::run_statement;
+use pgrx::prelude::*;
+use pgrx::Uuid;
+use std::ffi::CString;
+use tenancy_core::ident::quote_ident;
+use tenancy_core::TenancyError;
+
+/// Sets a GUC for the session or, with `local`, the transaction; with the
+/// privileges of this code (`tenancy.tenant_id` is superuser-only, so no
+/// one sets it but `set_tenant`).
+fn set_guc(name: &str, value: &str, local: bool) {
+    let name = CString::new(name).expect("no NUL");
+    let value = CString::new(value).expect("no NUL");
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            if local {
+                pg_sys::GucAction::GUC_ACTION_LOCAL
+            } else {
+                pg_sys::GucAction::GUC_ACTION_SET
+            },
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// Sets the tenant of this transaction (or, with `is_local => false`, of
+/// the session): what `tenancy.current_tenant_id()` returns and RLS policies
+/// compare with; for a schema tenant also the `search_path`. The caller must
+/// be a member of the tenant's role or of `tenancy_admin`; a suspended,
+/// archived or dropped tenant cannot be set. NULL clears the context.
+#[pg_extern(name = "set_tenant")]
+fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uuid> {
+    let Some(tenant) = tenant else {
+        set_guc("tenancy.tenant_id", "", is_local);
+        return None;
+    };
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    let found = {
+        // our own queries run with a safe path; the caller's comes back after
+        let scope = GucScope::new();
+        scope.set("search_path", "pg_catalog, pg_temp");
+        Spi::connect(|c| {
+            let mut rows = c.select(
+                "SELECT t.id, t.slug, t.status::text, t.isolation, t.schema_name::text, \
+                        pg_has_role($2, 'tenancy_admin', 'MEMBER') \
+                        OR (t.role_name IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = t.role_name) \
+                            AND pg_has_role($2, t.role_name, 'MEMBER')) \
+                 FROM tenancy.tenants t \
+                 WHERE t.slug = $1 \
+                    OR t.id = (CASE WHEN $1 ~ '^[0-9a-fA-F-]{36}$' THEN $1::uuid END) LIMIT 1",
+                Some(1),
+                &[tenant.into(), caller.into()],
+            )?;
+            Ok::<_, pgrx::spi::Error>(rows.next().map(|r| {
+                (
+                    r.get::<Uuid>(1).ok().flatten(),
+                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(4).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(5).ok().flatten(),
+                    r.get::<bool>(6).ok().flatten().unwrap_or(false),
+                )
+            }))
+        })
+        .or_raise()
+    };
+    let Some((Some(id), slug, status, isolation, schema, allowed)) = found else {
+        raise(TenancyError::UnknownTenant(tenant.to_string()));
+    };
+    if !allowed {
+        raise_with(
+            sqlstate("42501"),
+            format!("permission denied to act as tenant {slug:?}"),
+            None,
+            Some(format!(
+                "Grant the role tenant_{slug} (or tenancy_admin) to the role that calls set_tenant."
+            )),
+        );
+    }
+    if status != "active" {
+        raise(TenancyError::WrongStatus {
+            slug,
+            status,
+            action: "setting it as the current tenant".into(),
+        });
+    }
+    set_guc("tenancy.tenant_id", &id.to_string(), is_local);
+    if isolation == "schema" {
+        if let Some(schema) = schema {
+            set_guc("search_path", &format!("{}, public", quote_ident(&schema)), is_local);
+        }
+    }
+    Some(id)
+}
+
+/// Creates the template's shared schema and tables, with RLS on every table
+/// that has a `tenant_id` column, the first time a shared tenant needs them.
+pub fn ensure_shared_schema(template: &Template) -> String {
+    let schema = template.spec.shared_schema_name(&template.name);
+    if template.spec.shared_tables.is_empty() {
+        raise(TenancyError::InvalidArgument(format!(
+            "template {:?} has no shared_tables: it cannot provision shared tenants",
+            template.name
+        )));
+    }
+    // two first shared tenants of one template must not both create it
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.shared:' || $1))",
+        &[template.name.as_str().into()],
+    )
+    .or_raise();
+    let exists = catalog::one_or_none(Spi::get_one_with_args::<bool>(
+        "SELECT true FROM pg_catalog.pg_namespace WHERE nspname = $1",
+        &[schema.as_str().into()],
+    ))
+    .unwrap_or(false);
+    if exists {
+        return schema;
+    }
+    Spi::run(&format!("CREATE SCHEMA {}", quote_ident(&schema))).or_raise();
+    {
+        let scope = GucScope::new();
+        scope.set("search_path", &format!("{}, public", quote_ident(&schema)));
+        let total = template.spec.shared_tables.len();
+        for (i, sql) in template.spec.shared_tables.iter().enumerate() {
+            let context = format!(
+                "template {:?} version {}, shared statement {} of {total} (shared_tables[{i}])",
+                template.name,
+                template.version,
+                i + 1
+            );
+            run_statement(&context, sql);
+        }
+    }
+    Spi::run_with_args(
+        "SELECT tenancy.enable_rls(c.oid::regclass) FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped \
+         WHERE c.relnamespace = to_regnamespace(quote_ident($1)) AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
+        &[schema.as_str().into()],
+    )
+    .or_raise();
+    schema
+}
