@@ -3,8 +3,8 @@
 mod batches;
 mod health;
 mod migrate;
-pub mod rls;
 pub mod pool;
 mod provision;
+pub mod rls;
 mod templates;
 pub mod validate;

@@ -99,7 +99,11 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
     set_guc("tenancy.tenant_id", &id.to_string(), is_local);
     if isolation == "schema" {
         if let Some(schema) = schema {
-            set_guc("search_path", &format!("{}, public", quote_ident(&schema)), is_local);
+            set_guc(
+                "search_path",
+                &format!("{}, public", quote_ident(&schema)),
+                is_local,
+            );
         }
     }
     Some(id)
@@ -150,6 +154,14 @@ pub fn ensure_shared_schema(template: &Template) -> String {
          WHERE c.relnamespace = to_regnamespace(quote_ident($1)) AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
         &[schema.as_str().into()],
     )
+    .or_raise();
+    // tenancy_admin works on every tenant's rows (when it sets tenancy.all_tenants)
+    let q = quote_ident(&schema);
+    Spi::run(&format!(
+        "GRANT USAGE ON SCHEMA {q} TO tenancy_admin; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO tenancy_admin; \
+         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {q} TO tenancy_admin"
+    ))
     .or_raise();
     schema
 }

@@ -186,7 +186,11 @@ mod tests {
         assert!(r[6].errors[0].contains("does not exist"));
         assert!(r[7].errors[0].contains("dropped"));
         assert!(r[8].valid());
-        assert!(r[9].errors.iter().any(|e| e.contains("shared_tables")), "{:?}", r[9]);
+        assert!(
+            r[9].errors.iter().any(|e| e.contains("shared_tables")),
+            "{:?}",
+            r[9]
+        );
         assert_eq!(r.iter().filter(|r| r.valid()).count(), 2);
     }
 

@@ -433,7 +433,13 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
         ));
     }
 
-    for key in ["tables", "indexes", "functions", "migrations", "shared_tables"] {
+    for key in [
+        "tables",
+        "indexes",
+        "functions",
+        "migrations",
+        "shared_tables",
+    ] {
         let list = spec
             .get(key)
             .and_then(Value::as_array)
