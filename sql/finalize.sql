@@ -53,6 +53,13 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_admin') THEN
         CREATE ROLE tenancy_admin NOLOGIN;
     END IF;
+    -- seeing every tenant's rows in shared tables: an explicit SET ROLE
+    -- tenancy_all_tenants, for members of tenancy_admin (NOINHERIT: never
+    -- by default)
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_all_tenants') THEN
+        CREATE ROLE tenancy_all_tenants NOLOGIN NOINHERIT BYPASSRLS;
+    END IF;
+    GRANT tenancy_all_tenants TO tenancy_admin;
 END
 $$;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenancy FROM PUBLIC;
@@ -65,7 +72,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO tenancy_admin;
 ALTER FUNCTION tenancy.set_tenant(text, boolean) SECURITY DEFINER;
 -- what tenants' own sessions need: the context and the policies' functions
 GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.all_tenants_requested(),
+GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(),
                           tenancy.set_tenant(text, boolean), tenancy.set_tenant(uuid, boolean) TO PUBLIC;
 DO $$
 DECLARE

@@ -7,18 +7,15 @@ CREATE FUNCTION tenancy.current_tenant_id() RETURNS uuid
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN nullif(pg_catalog.current_setting('tenancy.tenant_id', true), '')::uuid;
 
--- tenancy_admin sees every tenant's rows only when it asks to.
-CREATE FUNCTION tenancy.all_tenants_requested() RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN coalesce(pg_catalog.current_setting('tenancy.all_tenants', true), 'off') = 'on';
-
 CREATE FUNCTION tenancy.set_tenant(tenant uuid, is_local boolean DEFAULT true) RETURNS uuid
 LANGUAGE sql
 RETURN tenancy.set_tenant(tenant::text, is_local);
 
 -- Row level security on a table, failing closed: ENABLE and FORCE (the
--- owner is held too), one policy for reads and writes of the current
--- tenant's rows, and one for tenancy_admin when it sets tenancy.all_tenants.
+-- owner is held too) and one policy for reads and writes of the current
+-- tenant's rows. It is the only policy, so the planner can use an index on
+-- the tenant column for everyone: seeing all tenants is not a second
+-- policy but the role tenancy_all_tenants (BYPASSRLS), taken with SET ROLE.
 CREATE FUNCTION tenancy.enable_rls(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -43,11 +40,7 @@ BEGIN
     EXECUTE format('CREATE POLICY tenancy_isolation ON %s AS PERMISSIVE FOR ALL TO PUBLIC '
                    'USING (%I = tenancy.current_tenant_id()) WITH CHECK (%I = tenancy.current_tenant_id())',
                    tbl, tenant_column, tenant_column);
-    IF EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tbl AND polname = 'tenancy_admin_all') THEN
-        EXECUTE format('DROP POLICY tenancy_admin_all ON %s', tbl);
-    END IF;
-    EXECUTE format('CREATE POLICY tenancy_admin_all ON %s AS PERMISSIVE FOR ALL TO tenancy_admin '
-                   'USING (tenancy.all_tenants_requested()) WITH CHECK (tenancy.all_tenants_requested())', tbl);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO tenancy_all_tenants', tbl);
     INSERT INTO tenancy.audit_log (action, details)
     VALUES ('enable_rls', jsonb_build_object('table', tbl::text, 'tenant_column', tenant_column));
 END
@@ -89,5 +82,6 @@ AS $$
     UNION ALL
     SELECT NULL::regclass, format('role %s bypasses row level security', r.rolname)
     FROM pg_roles r WHERE r.rolbypassrls AND NOT r.rolsuper
+      AND r.rolname <> 'tenancy_all_tenants'  -- the documented, explicit switch
     ORDER BY 1, 2
 $$;

@@ -11,7 +11,6 @@ pub static RETRY_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static MAX_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10000);
 pub static TENANT_ID: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
-pub static ALL_TENANTS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -21,14 +20,6 @@ pub fn register() {
         &TENANT_ID,
         GucContext::Suset,
         GucFlags::DISALLOW_IN_FILE,
-    );
-    GucRegistry::define_bool_guc(
-        c"tenancy.all_tenants",
-        c"Lets a member of tenancy_admin see the rows of every tenant in shared tables.",
-        c"Off by default: even tenancy_admin sees only the current tenant's rows.",
-        &ALL_TENANTS,
-        GucContext::Userset,
-        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"tenancy.naptime",

@@ -175,8 +175,20 @@ def test_admin_sees_all_only_when_asked(db, fresh_db, app_role):
         assert c.execute(f"SELECT count(*) FROM {SHARED}.users").fetchone()[0] == 0
         c.execute("SELECT tenancy.set_tenant('adm_a', false)")
         assert c.execute(f"SELECT count(*) FROM {SHARED}.users").fetchone()[0] == 1
-        c.execute("SET tenancy.all_tenants = on")
+        # the explicit switch
+        c.execute("SET ROLE tenancy_all_tenants")
         assert c.execute(f"SELECT count(*) FROM {SHARED}.users").fetchone()[0] == 2
+        c.execute("RESET ROLE")
+        assert c.execute(f"SELECT count(*) FROM {SHARED}.users").fetchone()[0] == 1
+    # a login that serves a tenant but is not tenancy_admin cannot take the switch
+    other = "svc_" + uuid.uuid4().hex[:8]
+    db.execute(f'CREATE ROLE "{other}" LOGIN IN ROLE tenant_adm_a')
+    try:
+        with connect(fresh_db, user=other, autocommit=True) as c:
+            with pytest.raises(errors.InsufficientPrivilege):
+                c.execute("SET ROLE tenancy_all_tenants")
+    finally:
+        db.execute(f'DROP ROLE "{other}"')
 
 
 def test_policy_plan_uses_the_index(db):

@@ -155,12 +155,11 @@ pub fn ensure_shared_schema(template: &Template) -> String {
         &[schema.as_str().into()],
     )
     .or_raise();
-    // tenancy_admin works on every tenant's rows (when it sets tenancy.all_tenants)
+    // every tenant's rows, for tenancy_admin after SET ROLE tenancy_all_tenants
     let q = quote_ident(&schema);
     Spi::run(&format!(
-        "GRANT USAGE ON SCHEMA {q} TO tenancy_admin; \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO tenancy_admin; \
-         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {q} TO tenancy_admin"
+        "GRANT USAGE ON SCHEMA {q} TO tenancy_all_tenants; \
+         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {q} TO tenancy_all_tenants"
     ))
     .or_raise();
     schema

@@ -1,0 +1,97 @@
+"""The cost of the RLS policy on a shared table.
+
+1,000,000 rows for 1,000 tenants (1,000 each, primary key (tenant_id, id)).
+A query by primary key and a 1,000-row range scan, with set_tenant + the
+policy (as an application role), against the same query with an explicit
+WHERE tenant_id = ... and RLS not applied (a role that bypasses it), in the
+same run, interleaved.
+"""
+
+import argparse
+import os
+import random
+import statistics
+import time
+import uuid
+
+import psycopg
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tenants", type=int, default=1000)
+    ap.add_argument("--rows", type=int, default=1000, help="rows per tenant")
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--host", default=os.environ.get("TENANCY_BENCH_HOST", "/var/tmp/tenancy-bench"))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("TENANCY_BENCH_PORT", "5497")))
+    args = ap.parse_args()
+    kw = dict(host=args.host, port=args.port, autocommit=True)
+    db = "bench_" + uuid.uuid4().hex[:8]
+    app = "app_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(dbname="postgres", user="postgres", **kw) as a:
+        a.execute(f'CREATE DATABASE "{db}"')
+    try:
+        with psycopg.connect(dbname=db, user="postgres", **kw) as c:
+            c.execute("CREATE EXTENSION tenancy")
+            c.execute(f'CREATE ROLE "{app}" LOGIN')
+            c.execute("SELECT tenancy.provision('first', NULL, 'default', '{\"isolation\": \"shared\"}')")
+            c.execute("CREATE TABLE shared_default.readings (tenant_id uuid NOT NULL, id int NOT NULL, "
+                      "v double precision, note text, PRIMARY KEY (tenant_id, id))")
+            c.execute("SELECT tenancy.enable_rls('shared_default.readings')")
+            c.execute(f'GRANT SELECT ON shared_default.readings TO "{app}"')
+            c.execute(f'GRANT USAGE ON SCHEMA shared_default TO "{app}"')
+            c.execute(f'GRANT tenancy_admin TO "{app}"')  # may set any tenant; all_tenants stays off
+            ids = [uuid.uuid4() for _ in range(args.tenants)]
+            c.execute("CREATE TEMP TABLE t_ids (id uuid)")
+            with c.cursor().copy("COPY t_ids (id) FROM STDIN") as cp:
+                for i in ids:
+                    cp.write_row((i,))
+            c.execute(f"""INSERT INTO shared_default.readings
+                          SELECT t.id, g, random(), 'row ' || g FROM t_ids t, generate_series(1, {args.rows}) g""")
+            # tenants the application can set (catalog rows only: this measures the policy)
+            c.execute("""INSERT INTO tenancy.tenants (id, slug, status, isolation, template, template_version)
+                         SELECT id, 'b' || row_number() OVER (), 'active', 'shared', 'default', 1 FROM t_ids""")
+            c.execute("VACUUM ANALYZE shared_default.readings")
+            total = c.execute("SELECT count(*) FROM shared_default.readings").fetchone()[0]
+            slug_of = dict(c.execute("SELECT id, slug FROM tenancy.tenants").fetchall())
+
+        rnd = random.Random(1)
+        rls = {"pk": [], "range": []}
+        plain = {"pk": [], "range": []}
+        with psycopg.connect(dbname=db, user=app, **kw) as appc, \
+                psycopg.connect(dbname=db, user="postgres", **kw) as su:
+            def timed(conn, sql, params):
+                t0 = time.perf_counter()
+                conn.execute(sql, params).fetchall()
+                return (time.perf_counter() - t0) * 1000
+
+            for q in range(args.queries + 100):
+                tid = rnd.choice(ids)
+                k = rnd.randint(1, args.rows)
+                appc.execute("SELECT tenancy.set_tenant(%s, false)", (slug_of[tid],))
+                a = timed(appc, "SELECT * FROM shared_default.readings WHERE id = %s", (k,))
+                b = timed(su, "SELECT * FROM shared_default.readings WHERE tenant_id = %s AND id = %s", (tid, k))
+                c1 = timed(appc, "SELECT * FROM shared_default.readings WHERE id BETWEEN 1 AND %s", (args.rows,))
+                d = timed(su, "SELECT * FROM shared_default.readings WHERE tenant_id = %s AND id BETWEEN 1 AND %s",
+                          (tid, args.rows))
+                if q >= 100:  # warm-up
+                    rls["pk"].append(a)
+                    plain["pk"].append(b)
+                    rls["range"].append(c1)
+                    plain["range"].append(d)
+            plan = "\n".join(r[0] for r in appc.execute(
+                "EXPLAIN SELECT * FROM shared_default.readings WHERE id = 5").fetchall())
+    finally:
+        with psycopg.connect(dbname="postgres", user="postgres", **kw) as a:
+            a.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+            a.execute(f'DROP ROLE IF EXISTS "{app}"')
+            a.execute("DROP ROLE IF EXISTS tenant_first")
+    print(f"RLS policy cost: {total} rows, {args.tenants} tenants, {args.queries} queries of each kind")
+    for kind, label in (("pk", "by primary key"), ("range", f"range of {args.rows} rows")):
+        r, p = statistics.median(rls[kind]), statistics.median(plain[kind])
+        print(f"{label:<22} policy p50 {r:7.3f} ms   explicit WHERE, no RLS p50 {p:7.3f} ms   ratio {r / p:.2f}  (target <= 1.1)")
+    print("plan under the policy:\n  " + plan.replace("\n", "\n  "))
+
+
+if __name__ == "__main__":
+    main()
