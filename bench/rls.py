@@ -85,7 +85,6 @@ def main():
         with psycopg.connect(dbname="postgres", user="postgres", **kw) as a:
             a.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
             a.execute(f'DROP ROLE IF EXISTS "{app}"')
-            a.execute("DROP ROLE IF EXISTS tenant_first")
     print(f"RLS policy cost: {total} rows, {args.tenants} tenants, {args.queries} queries of each kind")
     for kind, label in (("pk", "by primary key"), ("range", f"range of {args.rows} rows")):
         r, p = statistics.median(rls[kind]), statistics.median(plain[kind])

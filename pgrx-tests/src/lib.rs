@@ -184,6 +184,46 @@ mod tests {
     }
 
     #[pg_test]
+    fn tenant_context_is_transaction_local_by_default() {
+        assert_eq!(
+            Spi::get_one::<pgrx::Uuid>("SELECT tenancy.current_tenant_id()").unwrap(),
+            None
+        );
+        let id = Spi::get_one::<pgrx::Uuid>(
+            r#"SELECT id FROM tenancy.provision('ctx', NULL, 'default', '{"isolation": "shared"}')"#,
+        )
+        .unwrap();
+        let set = Spi::get_one::<pgrx::Uuid>("SELECT tenancy.set_tenant('ctx')").unwrap();
+        assert_eq!(set, id);
+        assert_eq!(
+            Spi::get_one::<pgrx::Uuid>("SELECT tenancy.current_tenant_id()").unwrap(),
+            id
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM tenancy.rls_audit() WHERE tbl::text LIKE 'shared_default.%'"),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn lifecycle_in_one_transaction() {
+        Spi::run("SELECT tenancy.provision('cycle')").unwrap();
+        Spi::run("SELECT tenancy.suspend('cycle')").unwrap();
+        Spi::run("SELECT tenancy.resume('cycle')").unwrap();
+        Spi::run(r#"SELECT tenancy.bulk_update(ARRAY['cycle'], '{"max_users": 3}')"#).unwrap();
+        Spi::run("SELECT tenancy.drop_tenant('cycle', true)").unwrap();
+        assert_eq!(
+            Spi::get_one::<String>("SELECT status::text FROM tenancy.tenants WHERE slug = 'cycle'")
+                .unwrap(),
+            Some("archived".into())
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM tenancy.audit_log WHERE tenant_slug = 'cycle'"),
+            5
+        );
+    }
+
+    #[pg_test]
     fn shipped_templates_are_loaded() {
         assert_eq!(
             count("SELECT count(*) FROM tenancy.templates WHERE shipped AND name IN ('default', 'trading', 'timeseries')"),
