@@ -200,7 +200,9 @@ mod tests {
             id
         );
         assert_eq!(
-            count("SELECT count(*) FROM tenancy.rls_audit() WHERE tbl::text LIKE 'shared_default.%'"),
+            count(
+                "SELECT count(*) FROM tenancy.rls_audit() WHERE tbl::text LIKE 'shared_default.%'"
+            ),
             0
         );
     }
