@@ -105,3 +105,34 @@ def test_commit_wakes_the_worker_not_the_nap(fresh_db):
         finally:
             admin.execute("ALTER SYSTEM RESET tenancy.naptime")
             admin.execute("SELECT pg_reload_conf()")
+
+
+def test_fewer_workers_when_slots_run_out(fresh_db):
+    """With max_worker_processes used up, a batch asking for 4 at once runs
+    with what is free: one item worker, or none (then its scheduler does the
+    items itself); it completes either way."""
+    background = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN "
+                  "('tenancy launcher', 'tenancy scheduler', 'pg_cron launcher', 'logical replication launcher')")
+    with connect(fresh_db, autocommit=True) as c:
+        wait_for(lambda: c.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenancy scheduler' "
+                                   "AND datname = current_database()").fetchone()[0] == 1, what="the scheduler")
+        time.sleep(1)
+        static = c.execute(background).fetchone()[0]
+    try:
+        for spare, prefix in ((1, "one"), (0, "none")):
+            pg_ctl("restart", "-m", "fast", "-o", f"-c max_worker_processes={static + spare}")
+            with connect(fresh_db, autocommit=True) as c:
+                batch = c.execute("SELECT tenancy.provision_batch(%s, '{\"max_concurrent\": 4}')",
+                                  (batch_of(prefix, 30),)).fetchone()[0]
+                peak = 0
+                deadline = time.monotonic() + 120
+                with connect("postgres", autocommit=True) as admin:
+                    while c.execute("SELECT status IN ('queued', 'in_progress') FROM tenancy.batches WHERE id = %s",
+                                    (batch,)).fetchone()[0] and time.monotonic() < deadline:
+                        peak = max(peak, len(admin.execute(ITEM_WORKERS, (fresh_db,)).fetchall()))
+                        time.sleep(0.01)
+                assert wait_batch(c, batch, "10 s") == "completed"
+                print(f"{static} background workers + {spare} free slots: peak item workers {peak}")
+                assert peak <= spare
+    finally:
+        pg_ctl("restart", "-m", "fast", "-o", "-c max_worker_processes=32")

@@ -63,6 +63,7 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
     publish(db, 1, shmem::my_latch());
 
     let mut workers: Vec<DynamicBackgroundWorker> = Vec::new();
+    let mut done_inline = 0;
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -116,6 +117,31 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
                 Some(h) => workers.push(h),
                 None => break, // out of worker slots: run fewer, try again later
             }
+        }
+        // No free slot at all (every one taken by other workers, or by the
+        // schedulers of many databases): do a few items here, so the queue
+        // always moves. The scheduler exits after as many items as an item
+        // worker would, to bound its memory; the launcher starts a fresh one.
+        if workers.is_empty() && ready > 0 {
+            for _ in 0..10 {
+                let did = super::try_transaction("queue item (in the scheduler)", || {
+                    Spi::get_one::<bool>(
+                        "SELECT tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work()",
+                    )
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false)
+                })
+                .unwrap_or(false);
+                if !did {
+                    break;
+                }
+                done_inline += 1;
+            }
+            if done_inline >= gucs::RECYCLE_AFTER.get() {
+                break;
+            }
+            continue;
         }
         // Item workers exiting wake us (notify pid); items waiting for a retry
         // need a look sooner than the nap.
