@@ -148,3 +148,19 @@ CREATE TABLE tenancy.pool (
 CREATE INDEX pool_claim_idx ON tenancy.pool (template, template_version, created_at);
 SELECT pg_catalog.pg_extension_config_dump('tenancy.pool_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.pool', '');
+
+-- Periodic jobs of the worker (also run by tenancy.run_maintenance()):
+-- each records its last run, and backs off after failures without holding
+-- up the others.
+CREATE TABLE tenancy.jobs (
+    name             text        PRIMARY KEY,
+    run_every        interval    NOT NULL,
+    next_run_at      timestamptz NOT NULL DEFAULT now(),
+    last_started_at  timestamptz,
+    last_finished_at timestamptz,
+    last_duration_ms double precision,
+    last_result      jsonb,
+    last_error       text,
+    failures         integer     NOT NULL DEFAULT 0
+);
+INSERT INTO tenancy.jobs (name, run_every) VALUES ('maintenance', '1 hour');

@@ -9,10 +9,30 @@ pub static RECYCLE_AFTER: GucSetting<i32> = GucSetting::<i32>::new(200);
 pub static RETRY_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(3);
 pub static RETRY_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static MAX_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10000);
+pub static AUDIT_RETENTION: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+pub static BATCH_RETENTION: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(Some(c"7 days"));
 pub static TENANT_ID: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 
 pub fn register() {
+    GucRegistry::define_string_guc(
+        c"tenancy.audit_retention",
+        c"Audit log partitions wholly older than this are dropped by maintenance; empty keeps them all.",
+        c"",
+        &AUDIT_RETENTION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"tenancy.batch_retention",
+        c"Finished batches older than this are removed by maintenance.",
+        c"",
+        &BATCH_RETENTION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"tenancy.tenant_id",
         c"The current tenant (set it with tenancy.set_tenant).",

@@ -46,6 +46,11 @@ extension_sql_file!(
     name = "rls",
     requires = ["health", set_tenant]
 );
+extension_sql_file!(
+    "../sql/maintenance.sql",
+    name = "maintenance",
+    requires = ["rls"]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

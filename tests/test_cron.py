@@ -1,12 +1,13 @@
-"""pg_cron beside the worker: a cron job calling tenancy.process_queue()
-runs in a tenant database (the documented way to run without the worker)."""
+"""pg_cron beside the worker: a cron job calling tenancy.run_maintenance()
+and tenancy.process_queue() runs in a tenant database (the documented way to
+run without the worker)."""
 
 import pytest
 
 from conftest import connect, wait_for
 
 
-def test_pg_cron_job_runs_process_queue(db, fresh_db):
+def test_pg_cron_job_runs_maintenance_and_process_queue(db, fresh_db):
     with connect("postgres", autocommit=True) as pg:
         if not pg.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'").fetchone():
             pytest.skip("pg_cron is not installed")
@@ -15,7 +16,7 @@ def test_pg_cron_job_runs_process_queue(db, fresh_db):
         db.execute("SELECT tenancy.provision_batch('[{\"slug\": \"cron1\"}]')")
         job = pg.execute(
             "SELECT cron.schedule_in_database('tenancy-queue-test', '* * * * *', "
-            "'INSERT INTO public.queue_runs (processed) SELECT tenancy.process_queue(100)', %s)",
+            "'SELECT tenancy.run_maintenance(); INSERT INTO public.queue_runs (processed) SELECT tenancy.process_queue(100)', %s)",
             (fresh_db,),
         ).fetchone()[0]
         try:

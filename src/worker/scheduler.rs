@@ -103,6 +103,10 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
             .unwrap_or((0, 0))
         })
         .unwrap_or((0, 0));
+        // periodic jobs (maintenance), each in its own transaction
+        super::try_transaction("periodic jobs", || {
+            let _ = Spi::run("SELECT tenancy._run_due_jobs()");
+        });
         {
             let mut s = SHARED.exclusive();
             if let Some(i) = shmem::slot_index(&mut s, db, false) {

@@ -1,0 +1,196 @@
+-- Maintenance: time partitions (the audit log's and the templates'
+-- partitioned_tables in tenant schemas), cleanup of old batches, and the
+-- jobs table that paces them. Locks are taken with a short lock_timeout: a
+-- partition another session holds is skipped and done at the next run,
+-- never waited for.
+
+-- The partitions of one range-partitioned table: the current period and
+-- `premake` ahead made (rows that landed in the default partition moved into
+-- theirs), those wholly older than `retention` dropped.
+CREATE FUNCTION tenancy._maintain_partitions(parent regclass, unit text, premake integer,
+                                             retention interval DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
+AS $$
+DECLARE
+    step interval := ('1 ' || unit)::interval;
+    nsp name;
+    rel name;
+    keycol name;
+    dflt regclass;
+    lo timestamp;
+    part name;
+    made integer := 0;
+    dropped integer := 0;
+    skipped text[] := '{}';
+    p record;
+    n bigint;
+BEGIN
+    SELECT c.relnamespace::regnamespace::name, c.relname INTO nsp, rel FROM pg_class c WHERE c.oid = parent;
+    SELECT a.attname INTO keycol FROM pg_partitioned_table pt
+    JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
+    WHERE pt.partrelid = parent;
+    SELECT i.inhrelid::regclass INTO dflt FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = parent AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';
+
+    FOR i IN 0 .. premake LOOP
+        lo := date_trunc(unit, localtimestamp) + i * step;
+        part := (rel || '_p' || to_char(lo, 'YYYYMMDD'))::name;
+        CONTINUE WHEN to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
+        BEGIN
+            IF dflt IS NOT NULL THEN
+                -- With a default partition, a writer that routed its row
+                -- before the new partition appears would fail its partition
+                -- check: hold writers off for the moment it takes (or skip,
+                -- after lock_timeout, if they hold the table).
+                EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', parent);
+                EXECUTE format('SELECT count(*) FROM %s WHERE %I >= %L AND %I < %L',
+                               dflt, keycol, lo, keycol, lo + step) INTO n;
+            ELSE
+                n := 0;
+            END IF;
+            IF n = 0 THEN
+                EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+                               nsp, part, parent, lo, lo + step);
+            ELSE
+                -- rows of this period sit in the default partition: move them
+                EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                               nsp, part, parent);
+                EXECUTE format('WITH moved AS (DELETE FROM %s WHERE %I >= %L AND %I < %L RETURNING *) '
+                               'INSERT INTO %I.%I SELECT * FROM moved',
+                               dflt, keycol, lo, keycol, lo + step, nsp, part);
+                EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                               parent, nsp, part, lo, lo + step);
+            END IF;
+            made := made + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            skipped := skipped || format('%I.%I (locked by another session)', nsp, part);
+        END;
+    END LOOP;
+
+    IF retention IS NOT NULL THEN
+        FOR p IN
+            SELECT c.oid::regclass AS tbl, c.relname
+            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = parent AND c.relname ~ ('^' || rel || '_p[0-9]{8}$')
+        LOOP
+            lo := to_timestamp(right(p.relname, 8), 'YYYYMMDD')::timestamp;
+            CONTINUE WHEN lo + step > localtimestamp - retention;
+            BEGIN
+                EXECUTE format('DROP TABLE %s', p.tbl);
+                dropped := dropped + 1;
+            EXCEPTION WHEN lock_not_available THEN
+                skipped := skipped || format('%s (drop: locked by another session)', p.tbl);
+            END;
+        END LOOP;
+    END IF;
+    RETURN jsonb_build_object('created', made, 'dropped', dropped, 'skipped', to_jsonb(skipped));
+END
+$$;
+
+-- All partition work of this database: every tenant's partitioned_tables
+-- (per the template version each tenant is at), then the audit log. One
+-- transaction: a partition made holds its table's lock until the end, so
+-- with many partitioned tenants this wants per-tenant transactions (open).
+CREATE FUNCTION tenancy._maintain_all_partitions() RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r jsonb;
+    created integer := 0;
+    dropped integer := 0;
+    skipped jsonb := '[]';
+    t record;
+BEGIN
+    FOR t IN
+        SELECT tn.schema_name, pt->>'name' AS tbl, pt->>'interval' AS unit,
+               coalesce((pt->>'premake')::int, 3) AS premake, (pt->>'retention')::interval AS retention
+        FROM tenancy.tenants tn
+        JOIN tenancy.templates tp ON tp.name = tn.template AND tp.version = tn.template_version
+        CROSS JOIN LATERAL jsonb_array_elements(coalesce(tp.spec->'partitioned_tables', '[]')) pt
+        WHERE tn.status IN ('active', 'suspended') AND tn.isolation = 'schema'
+        ORDER BY tn.slug
+    LOOP
+        CONTINUE WHEN to_regclass(format('%I.%I', t.schema_name, t.tbl)) IS NULL;
+        r := tenancy._maintain_partitions(format('%I.%I', t.schema_name, t.tbl)::regclass,
+                                          CASE t.unit WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week'
+                                                      WHEN 'monthly' THEN 'month' WHEN 'yearly' THEN 'year'
+                                                      ELSE split_part(t.unit, ' ', -1) END,
+                                          t.premake, t.retention);
+        created := created + (r->>'created')::int;
+        dropped := dropped + (r->>'dropped')::int;
+        skipped := skipped || (r->'skipped');
+    END LOOP;
+    -- the audit log last: its lock (every lifecycle operation writes to it)
+    -- is then held only until this transaction commits, just after
+    r := tenancy._maintain_partitions('tenancy.audit_log', 'month', 3,
+                                      nullif(current_setting('tenancy.audit_retention', true), '')::interval);
+    created := created + (r->>'created')::int;
+    dropped := dropped + (r->>'dropped')::int;
+    skipped := skipped || (r->'skipped');
+    RETURN jsonb_build_object('partitions_created', created, 'partitions_dropped', dropped,
+                              'partitions_skipped', skipped);
+END
+$$;
+
+-- What the worker runs on its clock; callable by hand or from pg_cron.
+CREATE FUNCTION tenancy.run_maintenance() RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+    parts jsonb;
+    cleaned integer;
+    result jsonb;
+BEGIN
+    parts := tenancy._maintain_all_partitions();
+    cleaned := tenancy.cleanup_batches(coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval);
+    result := parts || jsonb_build_object('batches_cleaned', cleaned,
+                                          'duration_ms', round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1));
+    UPDATE tenancy.jobs SET last_started_at = t0, last_finished_at = clock_timestamp(),
+                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
+                            last_error = NULL, failures = 0, next_run_at = clock_timestamp() + run_every
+    WHERE name = 'maintenance';
+    RETURN result;
+END
+$$;
+
+-- Runs the jobs that are due, each on its own: a failing job is recorded and
+-- backed off (its interval times 2^failures, at most 16x) and the others run.
+CREATE FUNCTION tenancy._run_due_jobs() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    j record;
+    n integer := 0;
+    t0 timestamptz;
+    err text;
+BEGIN
+    FOR j IN SELECT * FROM tenancy.jobs WHERE next_run_at <= clock_timestamp() ORDER BY next_run_at
+             FOR UPDATE SKIP LOCKED LOOP
+        t0 := clock_timestamp();
+        BEGIN
+            CASE j.name
+                WHEN 'maintenance' THEN PERFORM tenancy.run_maintenance();
+                ELSE RAISE EXCEPTION 'unknown job %', j.name;
+            END CASE;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+            UPDATE tenancy.jobs
+            SET last_started_at = t0, last_finished_at = clock_timestamp(),
+                last_duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
+                last_error = err, failures = failures + 1,
+                next_run_at = clock_timestamp() + run_every * least(power(2, failures + 1), 16)
+            WHERE name = j.name;
+            INSERT INTO tenancy.audit_log (action, result, error, details)
+            VALUES ('job', 'error', err, jsonb_build_object('job', j.name, 'failures', j.failures + 1));
+        END;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;

@@ -1,0 +1,94 @@
+"""Maintenance kept by the worker: time partitions of the audit log and of
+templates' partitioned_tables, retention, locks skipped not waited for,
+and jobs that record their runs and back off when they fail."""
+
+import threading
+import time
+
+import psycopg
+from psycopg import errors
+
+from conftest import connect, wait_for
+
+EVENTS = ('{"tables": ["CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY, at timestamptz NOT NULL, '
+          'kind text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)"], '
+          '"partitioned_tables": [{"name": "events", "column": "at", "interval": "month", "premake": 2, '
+          '"retention": "6 months"}]}')
+
+
+def partitions(db, parent):
+    return [r[0] for r in db.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = %s::regclass ORDER BY 1", (parent,)).fetchall()]
+
+
+def test_worker_makes_audit_partitions_and_empties_the_default(db):
+    # the worker runs the maintenance job as soon as the extension exists
+    wait_for(lambda: db.execute("SELECT last_finished_at IS NOT NULL FROM tenancy.jobs WHERE name = 'maintenance'").fetchone()[0],
+             what="the first maintenance run")
+    names = partitions(db, "tenancy.audit_log")
+    months = db.execute("SELECT to_char(date_trunc('month', localtimestamp) + g * interval '1 month', 'YYYYMMDD') "
+                        "FROM generate_series(0, 3) g").fetchall()
+    for (m,) in months:
+        assert f"audit_log_p{m}" in names, names
+    assert db.execute("SELECT count(*) FROM tenancy.audit_log_default").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM tenancy.audit_log").fetchone()[0] >= 3  # the shipped templates' rows, moved
+
+
+def test_template_partitions_premake_and_retention(db):
+    db.execute("SELECT tenancy.register_template('events', %s)", (EVENTS,))
+    db.execute("SELECT tenancy.provision('ev1', NULL, 'events')")
+    db.execute("CREATE TABLE tenant_ev1.events_p20200101 PARTITION OF tenant_ev1.events "
+               "FOR VALUES FROM ('2020-01-01') TO ('2020-02-01')")
+    ahead = db.execute("SELECT 'events_p' || to_char(date_trunc('month', localtimestamp) + interval '2 months', 'YYYYMMDD')").fetchone()[0]
+    db.execute(f"DROP TABLE tenant_ev1.{ahead}")
+    r = db.execute("SELECT tenancy.run_maintenance()").fetchone()[0]
+    assert r["partitions_created"] >= 1 and r["partitions_dropped"] >= 1, r
+    names = partitions(db, "tenant_ev1.events")
+    assert ahead in names and "events_p20200101" not in names
+    assert len(names) == 3  # this month and 2 ahead
+
+
+def test_a_locked_partition_is_skipped_and_done_later(db, fresh_db):
+    db.execute("SELECT tenancy.register_template('events', %s)", (EVENTS,))
+    db.execute("SELECT tenancy.provision('ev2', NULL, 'events')")
+    ahead = db.execute("SELECT 'events_p' || to_char(date_trunc('month', localtimestamp) + interval '2 months', 'YYYYMMDD')").fetchone()[0]
+    db.execute(f"DROP TABLE tenant_ev2.{ahead}")
+    with connect(fresh_db) as app:  # an application transaction using the table
+        app.execute("SELECT count(*) FROM tenant_ev2.events")
+        t0 = time.monotonic()
+        r = db.execute("SELECT tenancy.run_maintenance()").fetchone()[0]
+        waited = time.monotonic() - t0
+        assert any(ahead in s for s in r["partitions_skipped"]), r
+        # the application is not blocked: it goes on in its transaction
+        app.execute("INSERT INTO tenant_ev2.events (at, kind) VALUES (now(), 'still working')")
+        app.commit()
+    print(f"maintenance returned after {waited:.2f} s with {ahead} skipped")
+    r = db.execute("SELECT tenancy.run_maintenance()").fetchone()[0]
+    assert ahead in partitions(db, "tenant_ev2.events"), r
+
+
+def run_jobs_now(c):
+    """Makes the maintenance job due and runs it here; the row stays locked
+    by this transaction, so the worker (SKIP LOCKED) cannot run it meanwhile."""
+    with c.transaction():
+        c.execute("UPDATE tenancy.jobs SET next_run_at = now() WHERE name = 'maintenance'")
+        return c.execute("SELECT tenancy._run_due_jobs()").fetchone()[0]
+
+
+def test_a_failing_job_is_recorded_and_backed_off(db, fresh_db):
+    db.execute(f"ALTER DATABASE \"{fresh_db}\" SET tenancy.batch_retention = 'not an interval'")
+    with connect(fresh_db, autocommit=True) as c:
+        assert run_jobs_now(c) == 1
+        failures, err, backoff = c.execute(
+            "SELECT failures, last_error, next_run_at - last_finished_at FROM tenancy.jobs WHERE name = 'maintenance'").fetchone()
+        assert failures == 1 and "not an interval" in err
+        assert backoff.total_seconds() >= 2 * 3600 - 5  # 1 hour x 2^1
+        assert c.execute("SELECT count(*) FROM tenancy.audit_log WHERE action = 'job' AND result = 'error'").fetchone()[0] == 1
+        # the queue still moves while the job fails
+        b = c.execute("SELECT tenancy.provision_batch('[{\"slug\": \"during_failure\"}]')").fetchone()[0]
+        assert c.execute("SELECT tenancy.wait_batch(%s, '60 s')", (b,)).fetchone()[0] == "completed"
+    db.execute(f"ALTER DATABASE \"{fresh_db}\" RESET tenancy.batch_retention")
+    with connect(fresh_db, autocommit=True) as c:
+        run_jobs_now(c)
+        assert c.execute("SELECT failures, last_error FROM tenancy.jobs WHERE name = 'maintenance'").fetchone() == (0, None)
