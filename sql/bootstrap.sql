@@ -164,3 +164,28 @@ CREATE TABLE tenancy.jobs (
     failures         integer     NOT NULL DEFAULT 0
 );
 INSERT INTO tenancy.jobs (name, run_every) VALUES ('maintenance', '1 hour');
+
+-- Usage history: one row per tenant per refresh, partitioned by month.
+CREATE TABLE tenancy.tenant_metrics (
+    tenant_id       uuid        NOT NULL,
+    collected_at    timestamptz NOT NULL DEFAULT now(),
+    isolation       text        NOT NULL,
+    table_count     integer     NOT NULL,
+    row_estimate    bigint      NOT NULL,
+    total_bytes     bigint      NOT NULL,
+    table_bytes     bigint      NOT NULL,
+    index_bytes     bigint      NOT NULL,
+    toast_bytes     bigint      NOT NULL,
+    dead_tuples     bigint,
+    last_vacuum     timestamptz,
+    last_analyze    timestamptz,
+    -- scans since the previous refresh, and the raw counters they come from
+    seq_scans       bigint,
+    idx_scans       bigint,
+    seq_scans_total bigint,
+    idx_scans_total bigint,
+    PRIMARY KEY (tenant_id, collected_at)
+) PARTITION BY RANGE (collected_at);
+CREATE TABLE tenancy.tenant_metrics_default PARTITION OF tenancy.tenant_metrics DEFAULT;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_metrics_default', '');
+INSERT INTO tenancy.jobs (name, run_every) VALUES ('metrics', '5 minutes');

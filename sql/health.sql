@@ -36,6 +36,7 @@ DECLARE
     size_bytes bigint := 0;
     row_estimate bigint := 0;
     conns integer := 0;
+    users_now bigint;
     score integer := 100;
     reasons text[] := '{}';
 BEGIN
@@ -122,6 +123,13 @@ BEGIN
         score := score - least(10, 2 * cardinality(extra));
         reasons := reasons || format('%s object(s) not in the template', cardinality(extra));
     END IF;
+    IF t.max_users IS NOT NULL AND to_regclass(format('%I.users', schema_now)) IS NOT NULL THEN
+        EXECUTE format('SELECT count(*) FROM %I.users', schema_now) INTO users_now;
+        IF users_now > t.max_users THEN
+            score := score - 20;
+            reasons := reasons || format('%s users, over its quota of %s', users_now, t.max_users);
+        END IF;
+    END IF;
     IF t.max_storage_bytes IS NOT NULL AND size_bytes > t.max_storage_bytes THEN
         score := score - 20;
         reasons := reasons || format('storage %s is over its quota of %s', pg_size_pretty(size_bytes),
@@ -131,7 +139,8 @@ BEGIN
         'tenant', t.slug, 'status', t.status, 'template', t.template,
         'template_version', t.template_version, 'schema', schema_now, 'schema_present', true,
         'missing', coalesce(to_jsonb(missing), '[]'), 'extra', coalesce(to_jsonb(extra), '[]'),
-        'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns,
+        'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns, 'users', users_now,
+        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
         'score', greatest(score, 0), 'reasons', to_jsonb(reasons));
 END
 $$;

@@ -31,8 +31,8 @@ BEGIN
     SELECT a.attname INTO keycol FROM pg_partitioned_table pt
     JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
     WHERE pt.partrelid = parent;
-    SELECT i.inhrelid::regclass INTO dflt FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = parent AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';
+    -- (from the catalog alone: pg_get_expr on a bound would lock the partition)
+    SELECT nullif(pt.partdefid, 0)::regclass INTO dflt FROM pg_partitioned_table pt WHERE pt.partrelid = parent;
 
     FOR i IN 0 .. premake LOOP
         lo := date_trunc(unit, localtimestamp) + i * step;
@@ -64,8 +64,11 @@ BEGIN
                                parent, nsp, part, lo, lo + step);
             END IF;
             made := made + 1;
-        EXCEPTION WHEN lock_not_available THEN
-            skipped := skipped || format('%I.%I (locked by another session)', nsp, part);
+        EXCEPTION
+            WHEN lock_not_available THEN
+                skipped := skipped || format('%I.%I (locked by another session)', nsp, part);
+            WHEN duplicate_table THEN
+                NULL;  -- made meanwhile by another session
         END;
     END LOOP;
 
@@ -123,6 +126,11 @@ BEGIN
         dropped := dropped + (r->>'dropped')::int;
         skipped := skipped || (r->'skipped');
     END LOOP;
+    r := tenancy._maintain_partitions('tenancy.tenant_metrics', 'month', 3,
+                                      nullif(current_setting('tenancy.metrics_retention', true), '')::interval);
+    created := created + (r->>'created')::int;
+    dropped := dropped + (r->>'dropped')::int;
+    skipped := skipped || (r->'skipped');
     -- the audit log last: its lock (every lifecycle operation writes to it)
     -- is then held only until this transaction commits, just after
     r := tenancy._maintain_partitions('tenancy.audit_log', 'month', 3,
@@ -146,6 +154,8 @@ DECLARE
     cleaned integer;
     result jsonb;
 BEGIN
+    -- one maintenance at a time per database (the worker's, pg_cron's, a DBA's)
+    PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
     parts := tenancy._maintain_all_partitions();
     cleaned := tenancy.cleanup_batches(coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval);
     result := parts || jsonb_build_object('batches_cleaned', cleaned,
@@ -176,6 +186,7 @@ BEGIN
         BEGIN
             CASE j.name
                 WHEN 'maintenance' THEN PERFORM tenancy.run_maintenance();
+                WHEN 'metrics' THEN PERFORM tenancy.refresh_metrics();
                 ELSE RAISE EXCEPTION 'unknown job %', j.name;
             END CASE;
         EXCEPTION WHEN OTHERS THEN

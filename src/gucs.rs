@@ -13,10 +13,20 @@ pub static AUDIT_RETENTION: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 pub static BATCH_RETENTION: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"7 days"));
+pub static METRICS_RETENTION: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(Some(c"90 days"));
 pub static TENANT_ID: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 
 pub fn register() {
+    GucRegistry::define_string_guc(
+        c"tenancy.metrics_retention",
+        c"tenant_metrics partitions wholly older than this are dropped by maintenance; empty keeps them all.",
+        c"",
+        &METRICS_RETENTION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"tenancy.audit_retention",
         c"Audit log partitions wholly older than this are dropped by maintenance; empty keeps them all.",

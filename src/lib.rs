@@ -51,6 +51,11 @@ extension_sql_file!(
     name = "maintenance",
     requires = ["rls"]
 );
+extension_sql_file!(
+    "../sql/metrics.sql",
+    name = "metrics",
+    requires = ["maintenance"]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

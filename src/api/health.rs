@@ -45,6 +45,22 @@ fn health() -> JsonB {
     let pool = query_json(
         "SELECT coalesce(jsonb_object_agg(template, ready), '{}') FROM tenancy.pool_status",
     );
+    let metrics = query_json(
+        "SELECT jsonb_build_object(\
+           'last_refresh', j.last_finished_at, \
+           'seconds_since_refresh', round(extract(epoch FROM now() - j.last_finished_at)::numeric), \
+           'stale', j.last_finished_at IS NULL OR now() - j.last_finished_at > 3 * j.run_every, \
+           'last_error', j.last_error) \
+         FROM tenancy.jobs j WHERE j.name = 'metrics'",
+    );
+    let maintenance = query_json(
+        "SELECT jsonb_build_object(\
+           'last_run', j.last_finished_at, 'last_error', j.last_error, 'failures', j.failures, \
+           'audit_log_months_ahead', (SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+               WHERE i.inhparent = 'tenancy.audit_log'::regclass AND c.relname ~ '_p[0-9]{8}$' \
+                 AND to_date(right(c.relname, 8), 'YYYYMMDD') > date_trunc('month', localtimestamp))) \
+         FROM tenancy.jobs j WHERE j.name = 'maintenance'",
+    );
     let tenants = query_json(
         "SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM \
          (SELECT status::text, count(*) AS n FROM tenancy.tenants GROUP BY status) s",
@@ -55,12 +71,24 @@ fn health() -> JsonB {
     } else if worker.get("scheduler_running") != Some(&json!(true)) {
         problems.push("no scheduler runs in this database");
     }
+    if metrics.get("stale") == Some(&json!(true)) {
+        problems.push("metrics are stale: the metrics job has not run for 3 of its intervals");
+    }
+    if maintenance
+        .get("audit_log_months_ahead")
+        .and_then(Value::as_i64)
+        == Some(0)
+    {
+        problems.push("the audit log has no partition ahead: run tenancy.run_maintenance()");
+    }
     JsonB(json!({
         "status": if problems.is_empty() { "ok" } else { "degraded" },
         "problems": problems,
         "worker": worker,
         "queue": queue,
         "pool": pool,
+        "metrics": metrics,
+        "maintenance": maintenance,
         "tenants": tenants,
     }))
 }

@@ -1,0 +1,84 @@
+-- Usage metrics of every tenant, in one pass over the catalogs.
+
+-- Schema tenants: sizes of every table of their schema (pg_*_size, exact);
+-- shared tenants: their rows counted in one GROUP BY per shared table, and
+-- bytes estimated as the table's bytes times their share of its rows.
+CREATE FUNCTION tenancy.refresh_metrics() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer;
+    st record;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS tenancy_metrics_now (
+        tenant_id uuid, isolation text, table_count integer, row_estimate bigint, total_bytes bigint,
+        table_bytes bigint, index_bytes bigint, toast_bytes bigint, dead_tuples bigint,
+        last_vacuum timestamptz, last_analyze timestamptz, seq_scans_total bigint, idx_scans_total bigint
+    ) ON COMMIT DROP;
+    TRUNCATE tenancy_metrics_now;
+
+    INSERT INTO tenancy_metrics_now
+    SELECT t.id, 'schema', count(c.oid)::int, coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,
+           coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(pg_relation_size(c.oid)), 0),
+           coalesce(sum(pg_indexes_size(c.oid)), 0),
+           coalesce(sum(CASE WHEN c.reltoastrelid <> 0 THEN pg_total_relation_size(c.reltoastrelid) ELSE 0 END), 0),
+           sum(s.n_dead_tup), max(greatest(s.last_vacuum, s.last_autovacuum)),
+           max(greatest(s.last_analyze, s.last_autoanalyze)), sum(s.seq_scan), sum(s.idx_scan)
+    FROM tenancy.tenants t
+    JOIN pg_namespace n ON n.nspname = t.schema_name
+    LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
+    LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+    WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
+    GROUP BY t.id;
+
+    -- shared tenants: zero rows first, then each shared table's share
+    INSERT INTO tenancy_metrics_now
+    SELECT t.id, 'shared', 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL
+    FROM tenancy.tenants t WHERE t.isolation = 'shared' AND t.status IN ('active', 'suspended');
+    FOR st IN
+        SELECT c.oid::regclass AS tbl, greatest(c.reltuples, 1) AS est_rows,
+               pg_total_relation_size(c.oid) AS total, pg_relation_size(c.oid) AS heap,
+               pg_indexes_size(c.oid) AS idx
+        FROM pg_class c
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+          AND c.relnamespace IN (SELECT to_regnamespace(quote_ident(tenancy._access_schema(t)))
+                                 FROM tenancy.tenants t WHERE t.isolation = 'shared')
+    LOOP
+        UPDATE tenancy_metrics_now SET table_count = table_count + 1 WHERE isolation = 'shared';
+        EXECUTE format(
+            'UPDATE tenancy_metrics_now m SET row_estimate = m.row_estimate + x.n, '
+            'total_bytes = m.total_bytes + (%s * x.n / %s)::bigint, table_bytes = m.table_bytes + (%s * x.n / %s)::bigint, '
+            'index_bytes = m.index_bytes + (%s * x.n / %s)::bigint '
+            'FROM (SELECT tenant_id, count(*) AS n FROM %s GROUP BY tenant_id) x '
+            'WHERE m.tenant_id = x.tenant_id AND m.isolation = ''shared''',
+            st.total, st.est_rows, st.heap, st.est_rows, st.idx, st.est_rows, st.tbl);
+    END LOOP;
+
+    INSERT INTO tenancy.tenant_metrics (tenant_id, collected_at, isolation, table_count, row_estimate,
+        total_bytes, table_bytes, index_bytes, toast_bytes, dead_tuples, last_vacuum, last_analyze,
+        seq_scans, idx_scans, seq_scans_total, idx_scans_total)
+    SELECT m.tenant_id, now_ts, m.isolation, m.table_count, m.row_estimate, m.total_bytes, m.table_bytes,
+           m.index_bytes, m.toast_bytes, m.dead_tuples, m.last_vacuum, m.last_analyze,
+           greatest(m.seq_scans_total - prev.seq_scans_total, 0), greatest(m.idx_scans_total - prev.idx_scans_total, 0),
+           m.seq_scans_total, m.idx_scans_total
+    FROM tenancy_metrics_now m
+    LEFT JOIN LATERAL (SELECT p.seq_scans_total, p.idx_scans_total FROM tenancy.tenant_metrics p
+                       WHERE p.tenant_id = m.tenant_id ORDER BY p.collected_at DESC LIMIT 1) prev ON true;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    UPDATE tenancy.jobs SET last_finished_at = clock_timestamp(), last_started_at = now_ts,
+                            last_duration_ms = extract(epoch FROM clock_timestamp() - now_ts) * 1000,
+                            last_result = jsonb_build_object('tenants', n), last_error = NULL, failures = 0,
+                            next_run_at = clock_timestamp() + run_every
+    WHERE name = 'metrics';
+    RETURN n;
+END
+$$;
+
+-- The newest metrics row of each tenant.
+CREATE VIEW tenancy.latest_metrics AS
+SELECT DISTINCT ON (m.tenant_id) t.slug, m.*
+FROM tenancy.tenant_metrics m JOIN tenancy.tenants t ON t.id = m.tenant_id
+ORDER BY m.tenant_id, m.collected_at DESC;
