@@ -192,10 +192,9 @@ def test_new_database_is_served_without_process_queue(db):
     through the worker alone."""
     batch = db.execute("SELECT tenancy.provision_batch(%s)", (batch_of("n", 3),)).fetchone()[0]
     assert wait_batch(db, batch, "60 s") == "completed"
-    workers = db.execute(
+    wait_for(lambda: db.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenancy scheduler' AND datname = current_database()"
-    ).fetchone()[0]
-    assert workers == 1
+    ).fetchone()[0] == 1, what="one scheduler in the new database")
 
 
 def test_drop_database_without_force(fresh_db):

@@ -64,6 +64,7 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
 
     let mut workers: Vec<DynamicBackgroundWorker> = Vec::new();
     let mut done_inline = 0;
+    let mut recycle = false;
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -103,10 +104,21 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
             .unwrap_or((0, 0))
         })
         .unwrap_or((0, 0));
-        // periodic jobs (maintenance), each in its own transaction
-        super::try_transaction("periodic jobs", || {
-            let _ = Spi::run("SELECT tenancy._run_due_jobs()");
-        });
+        // periodic jobs (maintenance, metrics), each in its own transaction
+        let jobs_ran = super::try_transaction("periodic jobs", || {
+            Spi::get_one::<i32>("SELECT tenancy._run_due_jobs()")
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+        if jobs_ran > 0 {
+            // they may have opened every tenant table: hand over to a fresh
+            // scheduler (the launcher starts it at once) rather than keep
+            // that relation cache; running item workers carry on
+            recycle = true;
+            break;
+        }
         {
             let mut s = SHARED.exclusive();
             if let Some(i) = shmem::slot_index(&mut s, db, false) {
@@ -143,6 +155,7 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
                 done_inline += 1;
             }
             if done_inline >= gucs::RECYCLE_AFTER.get() {
+                recycle = true;
                 break;
             }
             continue;
@@ -155,8 +168,10 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
             break;
         }
     }
-    for w in workers {
-        let _ = w.terminate();
+    if !recycle {
+        for w in workers {
+            let _ = w.terminate();
+        }
     }
     let mut s = SHARED.exclusive();
     if let Some(i) = shmem::slot_index(&mut s, db, false) {
