@@ -17,7 +17,7 @@ use tenancy_core::TenancyError;
 fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
     let row = Spi::connect_mut(|c| {
         let mut rows = c.update(
-            "SELECT slug, schema_name::text, role_name::text, template, template_version, status::text \
+            "SELECT slug, schema_name::text, template, template_version, status::text \
              FROM tenancy.tenants WHERE id = $1 FOR UPDATE",
             Some(1),
             &[tenant_id.into()],
@@ -26,15 +26,14 @@ fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
             (
                 r.get::<String>(1).ok().flatten().unwrap_or_default(),
                 r.get::<String>(2).ok().flatten(),
-                r.get::<String>(3).ok().flatten(),
-                r.get::<String>(4).ok().flatten().unwrap_or_default(),
-                r.get::<i32>(5).ok().flatten().unwrap_or(0),
-                r.get::<String>(6).ok().flatten().unwrap_or_default(),
+                r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                r.get::<i32>(4).ok().flatten().unwrap_or(0),
+                r.get::<String>(5).ok().flatten().unwrap_or_default(),
             )
         }))
     })
     .or_raise();
-    let Some((slug, schema, role, template, from, status)) = row else {
+    let Some((slug, schema, template, from, status)) = row else {
         raise(TenancyError::UnknownTenant(tenant_id.to_string()));
     };
     if from >= to_version {
@@ -69,7 +68,6 @@ fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
     }
     // objects the migration made are the tenant role's already: the schema
     // has default privileges for it (see _setup_tenant_role)
-    let _ = role;
     Spi::run_with_args(
         "UPDATE tenancy.tenants SET template_version = $2, updated_at = now() WHERE id = $1",
         &[tenant_id.into(), to_version.into()],
