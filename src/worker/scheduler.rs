@@ -48,6 +48,13 @@ fn publish(db: u32, extension: u8, latch: usize) {
     }
 }
 
+/// After a pass failed on a lock (a DROP EXTENSION or a DBA's ALTER waiting
+/// for its turn), hold nothing for a while so that it goes first; false when
+/// the scheduler should stop.
+fn give_way() -> bool {
+    BackgroundWorker::wait_latch(Some(Duration::from_secs(2)))
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
@@ -77,14 +84,14 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
             }
             Some(true) => {}
             None => {
-                // a lock we could not get in time (DROP EXTENSION under way?): look again soon
-                if !BackgroundWorker::wait_latch(Some(Duration::from_millis(200))) {
+                // a lock we could not get in time (DROP EXTENSION under way?)
+                if !give_way() {
                     break;
                 }
                 continue;
             }
         }
-        let (ready, waiting) = super::try_transaction("queue pass", || {
+        let pass = super::try_transaction("queue pass", || {
             Spi::connect_mut(|c| {
                 c.update("SELECT tenancy._finalize_batches()", None, &[])?;
                 let row = c.select(
@@ -102,16 +109,25 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
                 ))
             })
             .unwrap_or((0, 0))
-        })
-        .unwrap_or((0, 0));
+        });
+        let Some((ready, waiting)) = pass else {
+            if !give_way() {
+                break;
+            }
+            continue;
+        };
         // periodic jobs (maintenance, metrics), each in its own transaction
-        let jobs_ran = super::try_transaction("periodic jobs", || {
+        let Some(jobs_ran) = super::try_transaction("periodic jobs", || {
             Spi::get_one::<i32>("SELECT tenancy._run_due_jobs()")
                 .ok()
                 .flatten()
                 .unwrap_or(0)
-        })
-        .unwrap_or(0);
+        }) else {
+            if !give_way() {
+                break;
+            }
+            continue;
+        };
         if jobs_ran > 0 {
             // they may have opened every tenant table: hand over to a fresh
             // scheduler (the launcher starts it at once) rather than keep
