@@ -18,20 +18,36 @@ impl GucScope {
 
     /// Sets `name` to `value` until this scope ends.
     pub fn set(&self, name: &str, value: &str) {
-        let name = CString::new(name).expect("GUC name has no NUL");
-        let value = CString::new(value).expect("GUC value has no NUL");
-        unsafe {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
+        set_option(
+            name,
+            value,
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+        );
+    }
+}
+
+/// Sets a GUC as `SET` (`GUC_ACTION_SET`), `SET LOCAL` (`GUC_ACTION_LOCAL`)
+/// or for a `GucScope` (`GUC_ACTION_SAVE`), with the privileges of `context`.
+pub fn set_option(
+    name: &str,
+    value: &str,
+    context: pg_sys::GucContext::Type,
+    action: pg_sys::GucAction::Type,
+) {
+    let name = CString::new(name).expect("GUC name has no NUL");
+    let value = CString::new(value).expect("GUC value has no NUL");
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            context,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            0,
+            false,
+        );
     }
 }
 

@@ -46,24 +46,19 @@ fn provision_internal(
         return existing_or_conflict(slug, &template.name, &options, &schema);
     };
 
-    let mut pooled = false;
-    if let Some(shared_schema) = &shared_schema {
+    // a shared tenant's role gets the shared tables; a schema tenant's, its
+    // schema: claimed from the pool (objects already there, so granted now)
+    // or built with the role's default privileges in place
+    let pooled = !shared && options.pool && crate::api::pool::claim(&template, &schema);
+    if shared || pooled {
+        let access = shared_schema.as_deref().unwrap_or(&schema);
         Spi::run_with_args(
             "SELECT tenancy._setup_tenant_role($1, $2, true)",
-            &[shared_schema.as_str().into(), role.into()],
+            &[access.into(), role.into()],
         )
         .or_raise();
     } else {
-        pooled = options.pool && crate::api::pool::claim(&template, &schema);
-        if pooled {
-            Spi::run_with_args(
-                "SELECT tenancy._setup_tenant_role($1, $2, true)",
-                &[schema.as_str().into(), role.into()],
-            )
-            .or_raise();
-        } else {
-            build_schema(&template, &schema, timescale_schema.as_deref(), Some(role));
-        }
+        build_schema(&template, &schema, timescale_schema.as_deref(), Some(role));
     }
 
     catalog::audit(AuditEntry {

@@ -3,11 +3,10 @@
 
 use crate::catalog::{self, Template};
 use crate::error::{raise, raise_with, sqlstate, OrRaise};
-use crate::guc_scope::GucScope;
+use crate::guc_scope::{set_option, GucScope};
 use crate::schema_builder::run_statement;
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use std::ffi::CString;
 use tenancy_core::ident::quote_ident;
 use tenancy_core::TenancyError;
 
@@ -15,24 +14,12 @@ use tenancy_core::TenancyError;
 /// privileges of this code (`tenancy.tenant_id` is superuser-only, so no
 /// one sets it but `set_tenant`).
 fn set_guc(name: &str, value: &str, local: bool) {
-    let name = CString::new(name).expect("no NUL");
-    let value = CString::new(value).expect("no NUL");
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            if local {
-                pg_sys::GucAction::GUC_ACTION_LOCAL
-            } else {
-                pg_sys::GucAction::GUC_ACTION_SET
-            },
-            true,
-            0,
-            false,
-        );
-    }
+    let action = if local {
+        pg_sys::GucAction::GUC_ACTION_LOCAL
+    } else {
+        pg_sys::GucAction::GUC_ACTION_SET
+    };
+    set_option(name, value, pg_sys::GucContext::PGC_SUSET, action);
 }
 
 /// Sets the tenant of this transaction (or, with `is_local => false`, of

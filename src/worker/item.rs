@@ -34,16 +34,7 @@ pub extern "C-unwind" fn tenancy_item_worker_main(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let processed = super::try_transaction("queue item", || {
-            // batch items first; then the pool; then dropped tenants' schemas
-            Spi::get_one::<bool>(
-                "SELECT tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work()",
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false)
-        })
-        .unwrap_or(false);
+        let processed = super::do_queued_work("queue item");
         if !processed {
             break;
         }

@@ -64,20 +64,27 @@ pub fn wake_on_commit() {
 /// this makes their statement fail (and the work is retried later), well
 /// before the 1 s deadlock check could pick a DROP EXTENSION as its victim.
 pub fn yield_on_locks() {
-    let name = c"lock_timeout";
-    let value = c"500ms";
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SET,
-            true,
-            0,
-            false,
-        );
-    }
+    crate::guc_scope::set_option(
+        "lock_timeout",
+        "500ms",
+        pg_sys::GucContext::PGC_SUSET,
+        pg_sys::GucAction::GUC_ACTION_SET,
+    );
+}
+
+/// One unit of queued work in a transaction of its own: a batch item first,
+/// then a warm-pool schema, then a chunk of a dropped tenant's schema.
+/// False when there was nothing to do (or the transaction failed).
+pub fn do_queued_work(what: &str) -> bool {
+    try_transaction(what, || {
+        Spi::get_one::<bool>(
+            "SELECT tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work()",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    })
+    .unwrap_or(false)
 }
 
 /// Runs `f` in a transaction of its own; an ERROR inside aborts that

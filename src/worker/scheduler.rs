@@ -156,15 +156,7 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
         // worker would, to bound its memory; the launcher starts a fresh one.
         if workers.is_empty() && ready > 0 {
             for _ in 0..10 {
-                let did = super::try_transaction("queue item (in the scheduler)", || {
-                    Spi::get_one::<bool>(
-                        "SELECT tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work()",
-                    )
-                    .ok()
-                    .flatten()
-                    .unwrap_or(false)
-                })
-                .unwrap_or(false);
+                let did = super::do_queued_work("queue item (in the scheduler)");
                 if !did {
                     break;
                 }
