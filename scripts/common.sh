@@ -54,6 +54,10 @@ install_extension() {
     log "building and installing tenancy into PostgreSQL ${PG_MAJOR}"
     (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" \
         --features "pg${PG_MAJOR}" --no-default-features >/dev/null)
+    # Released versions' install scripts, so that upgrades from them can be
+    # tested (cargo pgrx install copies only the current one and the
+    # tenancy--A--B.sql upgrade scripts).
+    as_root cp "$ROOT"/sql/archive/tenancy--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 }
 
 # A Python with psycopg for the tests and benchmarks that drive the server
