@@ -37,6 +37,8 @@ DECLARE
     row_estimate bigint := 0;
     conns integer := 0;
     users_now bigint;
+    hypertables jsonb;
+    chunk_bytes bigint := 0;
     score integer := 100;
     reasons text[] := '{}';
 BEGIN
@@ -103,6 +105,25 @@ BEGIN
     SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(greatest(c.reltuples, 0)), 0)
     INTO size_bytes, row_estimate
     FROM pg_class c WHERE c.relnamespace = to_regnamespace(quote_ident(schema_now)) AND c.relkind IN ('r', 'm');
+    -- a hypertable's rows are in chunks in TimescaleDB's own schema
+    IF to_regclass('timescaledb_information.chunks') IS NOT NULL THEN
+        EXECUTE $q$
+            SELECT coalesce(jsonb_agg(jsonb_build_object('table', h.hypertable_name, 'chunks', h.chunks,
+                       'chunk_interval', h.time_interval, 'chunk_bytes', h.bytes) ORDER BY h.hypertable_name), '[]'),
+                   coalesce(sum(h.bytes), 0)
+            FROM (SELECT h.hypertable_name, d.time_interval, count(c.chunk_name) AS chunks,
+                         coalesce(sum(pg_total_relation_size((quote_ident(c.chunk_schema) || '.' || quote_ident(c.chunk_name))::regclass)), 0) AS bytes
+                  FROM timescaledb_information.hypertables h
+                  LEFT JOIN timescaledb_information.dimensions d
+                         ON d.hypertable_schema = h.hypertable_schema AND d.hypertable_name = h.hypertable_name
+                        AND d.dimension_number = 1
+                  LEFT JOIN timescaledb_information.chunks c
+                         ON c.hypertable_schema = h.hypertable_schema AND c.hypertable_name = h.hypertable_name
+                  WHERE h.hypertable_schema = $1
+                  GROUP BY h.hypertable_name, d.time_interval) h
+        $q$ INTO hypertables, chunk_bytes USING schema_now;
+        size_bytes := size_bytes + chunk_bytes;
+    END IF;
     SELECT count(*) INTO conns FROM pg_stat_activity a
     WHERE a.datname = current_database() AND a.usename = t.role_name;
 
@@ -140,6 +161,7 @@ BEGIN
         'template_version', t.template_version, 'schema', schema_now, 'schema_present', true,
         'missing', coalesce(to_jsonb(missing), '[]'), 'extra', coalesce(to_jsonb(extra), '[]'),
         'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns, 'users', users_now,
+        'hypertables', hypertables,
         'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
         'score', greatest(score, 0), 'reasons', to_jsonb(reasons));
 END

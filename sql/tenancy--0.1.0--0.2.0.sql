@@ -2,3 +2,151 @@
 -- Every change to the SQL surface since 0.1.0 is repeated here;
 -- tests/test_upgrade.py checks that an upgraded install equals a fresh one.
 \echo Use "ALTER EXTENSION tenancy UPDATE TO '0.2.0'" to load this file. \quit
+
+-- health(tenant) reports hypertables and counts their chunks in its size
+CREATE OR REPLACE FUNCTION tenancy.health(tenant text) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants;
+    schema_now name;
+    ref name := ('tenancy_ref_' || pg_backend_pid())::name;
+    expected text[];
+    actual text[];
+    missing text[];
+    extra text[];
+    reference_error text;
+    size_bytes bigint := 0;
+    row_estimate bigint := 0;
+    conns integer := 0;
+    users_now bigint;
+    hypertables jsonb;
+    chunk_bytes bigint := 0;
+    score integer := 100;
+    reasons text[] := '{}';
+BEGIN
+    SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant;
+    IF NOT FOUND AND tenant ~ '^[0-9a-fA-F-]{36}$' THEN
+        SELECT * INTO t FROM tenancy.tenants WHERE id = tenant::uuid;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
+    END IF;
+    schema_now := CASE WHEN t.status = 'archived' THEN tenancy._archive_name(t) ELSE t.schema_name END;
+
+    IF t.status = 'dropped' THEN
+        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'score', 0,
+                                  'reasons', jsonb_build_array('the tenant was dropped at ' || t.dropped_at));
+    END IF;
+    IF t.isolation = 'shared' THEN
+        -- a shared tenant is its rows in the shared tables
+        schema_now := tenancy._access_schema(t);
+        DECLARE
+            r record;
+            n bigint;
+            per_table jsonb := '{}';
+        BEGIN
+            FOR r IN SELECT c.oid::regclass AS tbl, c.relname FROM pg_class c
+                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+                     WHERE c.relnamespace = to_regnamespace(quote_ident(schema_now)) AND c.relkind IN ('r', 'p')
+                       AND NOT c.relispartition ORDER BY c.relname LOOP
+                EXECUTE format('SELECT count(*) FROM %s WHERE tenant_id = $1', r.tbl) INTO n USING t.id;
+                per_table := per_table || jsonb_build_object(r.relname, n);
+                row_estimate := row_estimate + n;
+            END LOOP;
+            IF t.status <> 'active' THEN
+                score := score - 40;
+                reasons := reasons || format('the tenant is %s', t.status);
+            END IF;
+            RETURN jsonb_build_object(
+                'tenant', t.slug, 'status', t.status, 'isolation', 'shared', 'template', t.template,
+                'template_version', t.template_version, 'shared_schema', schema_now,
+                'rows', per_table, 'row_count', row_estimate, 'score', greatest(score, 0),
+                'reasons', to_jsonb(reasons));
+        END;
+    END IF;
+    IF t.isolation = 'schema' AND to_regnamespace(quote_ident(schema_now)) IS NULL THEN
+        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'schema', schema_now,
+                                  'schema_present', false, 'score', 0,
+                                  'reasons', jsonb_build_array(format('schema %s is missing', schema_now)));
+    END IF;
+
+    -- the objects of a fresh schema of the tenant's template version, built
+    -- in a subtransaction that is always rolled back
+    BEGIN
+        PERFORM tenancy._build_reference(t.template, t.template_version, ref);
+        SELECT array_agg(kind || ' ' || object ORDER BY 1) INTO expected FROM tenancy._schema_objects(ref);
+        RAISE EXCEPTION USING ERRCODE = 'TNRB0';
+    EXCEPTION
+        WHEN SQLSTATE 'TNRB0' THEN NULL;
+        WHEN OTHERS THEN reference_error := SQLERRM;
+    END;
+    SELECT array_agg(kind || ' ' || object ORDER BY 1) INTO actual FROM tenancy._schema_objects(schema_now);
+    SELECT array_agg(x ORDER BY x) INTO missing FROM unnest(expected) x WHERE x <> ALL (coalesce(actual, '{}'));
+    SELECT array_agg(x ORDER BY x) INTO extra FROM unnest(actual) x WHERE x <> ALL (coalesce(expected, '{}'));
+
+    SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(greatest(c.reltuples, 0)), 0)
+    INTO size_bytes, row_estimate
+    FROM pg_class c WHERE c.relnamespace = to_regnamespace(quote_ident(schema_now)) AND c.relkind IN ('r', 'm');
+    -- a hypertable's rows are in chunks in TimescaleDB's own schema
+    IF to_regclass('timescaledb_information.chunks') IS NOT NULL THEN
+        EXECUTE $q$
+            SELECT coalesce(jsonb_agg(jsonb_build_object('table', h.hypertable_name, 'chunks', h.chunks,
+                       'chunk_interval', h.time_interval, 'chunk_bytes', h.bytes) ORDER BY h.hypertable_name), '[]'),
+                   coalesce(sum(h.bytes), 0)
+            FROM (SELECT h.hypertable_name, d.time_interval, count(c.chunk_name) AS chunks,
+                         coalesce(sum(pg_total_relation_size((quote_ident(c.chunk_schema) || '.' || quote_ident(c.chunk_name))::regclass)), 0) AS bytes
+                  FROM timescaledb_information.hypertables h
+                  LEFT JOIN timescaledb_information.dimensions d
+                         ON d.hypertable_schema = h.hypertable_schema AND d.hypertable_name = h.hypertable_name
+                        AND d.dimension_number = 1
+                  LEFT JOIN timescaledb_information.chunks c
+                         ON c.hypertable_schema = h.hypertable_schema AND c.hypertable_name = h.hypertable_name
+                  WHERE h.hypertable_schema = $1
+                  GROUP BY h.hypertable_name, d.time_interval) h
+        $q$ INTO hypertables, chunk_bytes USING schema_now;
+        size_bytes := size_bytes + chunk_bytes;
+    END IF;
+    SELECT count(*) INTO conns FROM pg_stat_activity a
+    WHERE a.datname = current_database() AND a.usename = t.role_name;
+
+    IF t.status <> 'active' THEN
+        score := score - 40;
+        reasons := reasons || format('the tenant is %s', t.status);
+    END IF;
+    IF reference_error IS NOT NULL THEN
+        score := score - 10;
+        reasons := reasons || format('its template version could not be built to compare: %s', reference_error);
+    END IF;
+    IF missing IS NOT NULL THEN
+        score := score - least(50, 10 * cardinality(missing));
+        reasons := reasons || format('%s object(s) of template %s version %s missing', cardinality(missing),
+                                     t.template, t.template_version);
+    END IF;
+    IF extra IS NOT NULL THEN
+        score := score - least(10, 2 * cardinality(extra));
+        reasons := reasons || format('%s object(s) not in the template', cardinality(extra));
+    END IF;
+    IF t.max_users IS NOT NULL AND to_regclass(format('%I.users', schema_now)) IS NOT NULL THEN
+        EXECUTE format('SELECT count(*) FROM %I.users', schema_now) INTO users_now;
+        IF users_now > t.max_users THEN
+            score := score - 20;
+            reasons := reasons || format('%s users, over its quota of %s', users_now, t.max_users);
+        END IF;
+    END IF;
+    IF t.max_storage_bytes IS NOT NULL AND size_bytes > t.max_storage_bytes THEN
+        score := score - 20;
+        reasons := reasons || format('storage %s is over its quota of %s', pg_size_pretty(size_bytes),
+                                     pg_size_pretty(t.max_storage_bytes));
+    END IF;
+    RETURN jsonb_build_object(
+        'tenant', t.slug, 'status', t.status, 'template', t.template,
+        'template_version', t.template_version, 'schema', schema_now, 'schema_present', true,
+        'missing', coalesce(to_jsonb(missing), '[]'), 'extra', coalesce(to_jsonb(extra), '[]'),
+        'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns, 'users', users_now,
+        'hypertables', hypertables,
+        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
+        'score', greatest(score, 0), 'reasons', to_jsonb(reasons));
+END
+$$;

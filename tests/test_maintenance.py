@@ -125,3 +125,38 @@ def test_health_drops_for_stale_metrics_and_quotas(db):
     t = db.execute("SELECT tenancy.health('quota1')").fetchone()[0]
     assert t["score"] == 60 and len(t["reasons"]) == 2, t
     assert any("over its quota of 2" in r for r in t["reasons"]) and any("storage" in r for r in t["reasons"])
+
+
+def test_health_drops_for_a_dead_worker(db):
+    """A scheduler that stops finishing passes (here: frozen with SIGSTOP)
+    lowers the cluster's score with its reason, and health recovers with it."""
+    import os
+    import signal
+
+    with connect("postgres", autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET tenancy.naptime = '1s'")
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        def worker():
+            return db.execute("SELECT tenancy.health()->'worker'").fetchone()[0]
+
+        pid = wait_for(lambda: worker()["last_run_seconds_ago"] is not None and worker()["scheduler_pid"],
+                       what="a pass of this database's scheduler")
+        before = db.execute("SELECT tenancy.health()").fetchone()[0]
+        assert not any("scheduler" in p for p in before["problems"]), before
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            def frozen():
+                h = db.execute("SELECT tenancy.health()").fetchone()[0]
+                return h if any("not finished a pass" in p for p in h["problems"]) else None
+
+            h = wait_for(frozen, timeout=60, interval=1, what="health to notice the frozen scheduler")
+            assert h["status"] == "degraded" and h["score"] <= before["score"] - 40, (before, h)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: not any("scheduler" in p for p in db.execute("SELECT tenancy.health()").fetchone()[0]["problems"]),
+                 timeout=60, interval=0.5, what="health to recover with the scheduler")
+    finally:
+        with connect("postgres", autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET tenancy.naptime")
+            admin.execute("SELECT pg_reload_conf()")

@@ -1,5 +1,6 @@
 """TimescaleDB beside tenancy: both workers run, timescale_tables become
-hypertables in each tenant schema with the template's chunk interval, and a
+hypertables in each tenant schema with the template's chunk interval, health
+reports their chunks, and a
 pooled schema keeps its hypertables through the rename. Skipped, with the
 reason shown, where TimescaleDB is not installed (it is not in Debian)."""
 
@@ -35,7 +36,19 @@ def test_timeseries_tenant_gets_hypertables(tsdb):
                "SELECT id, 'ACME', 'buy', 1, 10, now() - g * interval '1 day' FROM tenant_ts1.portfolios, generate_series(0, 2) g")
     chunks = db.execute("SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_schema = 'tenant_ts1'").fetchone()[0]
     assert chunks == 3
-    assert db.execute("SELECT tenancy.health('ts1')->'score'").fetchone()[0] == 100
+    health = db.execute("SELECT tenancy.health('ts1')").fetchone()[0]
+    assert health["score"] == 100, health
+    assert [(h["table"], h["chunks"], h["chunk_interval"]) for h in health["hypertables"]] == [
+        ("market_data", 0, "1 day"), ("trades", 3, "1 day")]
+    chunk_bytes = db.execute(
+        "SELECT sum(pg_total_relation_size(format('%I.%I', chunk_schema, chunk_name)::regclass)) "
+        "FROM timescaledb_information.chunks WHERE hypertable_schema = 'tenant_ts1'").fetchone()[0]
+    assert health["hypertables"][1]["chunk_bytes"] == chunk_bytes
+    assert health["size_bytes"] >= chunk_bytes
+    cluster = db.execute("SELECT tenancy.health()->'timescaledb'").fetchone()[0]
+    assert cluster["tenant_hypertables"] == 2 and cluster["tenant_chunks"] == 3, cluster
+    assert wait_for(lambda: db.execute("SELECT (tenancy.health()->'timescaledb'->>'scheduler_running')::bool").fetchone()[0],
+                    what="TimescaleDB's scheduler in this database")
 
 
 def test_both_workers_run(tsdb):

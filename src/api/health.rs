@@ -1,6 +1,7 @@
 //! `tenancy.health()`: the state of the tenancy machinery in this database.
 
 use crate::catalog::one_or_none;
+use crate::gucs;
 use crate::worker::shmem;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -65,24 +66,44 @@ fn health() -> JsonB {
         "SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM \
          (SELECT status::text, count(*) AS n FROM tenancy.tenants GROUP BY status) s",
     );
-    let mut problems = Vec::new();
+    let timescaledb = timescaledb_state();
+    // each problem with what it takes off the score
+    let mut problems: Vec<(i64, String)> = Vec::new();
     if worker.get("preloaded") == Some(&json!(false)) {
-        problems.push("the worker is not running: add tenancy to shared_preload_libraries, or call tenancy.process_queue() from pg_cron");
+        problems.push((40, "the worker is not running: add tenancy to shared_preload_libraries, or call tenancy.process_queue() from pg_cron".into()));
     } else if worker.get("scheduler_running") != Some(&json!(true)) {
-        problems.push("no scheduler runs in this database");
+        problems.push((40, "no scheduler runs in this database".into()));
+    } else if let Some(ago) = worker.get("last_run_seconds_ago").and_then(Value::as_f64) {
+        // a pass takes a naptime; a periodic job can take longer, but not this long
+        let limit = (gucs::NAPTIME_MS.get() as f64 / 1000.0 * 10.0).max(20.0);
+        if ago > limit {
+            problems.push((40, format!("the scheduler has not finished a pass for {ago:.0} s: it is stuck, or a job runs for too long")));
+        }
     }
     if metrics.get("stale") == Some(&json!(true)) {
-        problems.push("metrics are stale: the metrics job has not run for 3 of its intervals");
+        problems.push((
+            20,
+            "metrics are stale: the metrics job has not run for 3 of its intervals".into(),
+        ));
     }
     if maintenance
         .get("audit_log_months_ahead")
         .and_then(Value::as_i64)
         == Some(0)
     {
-        problems.push("the audit log has no partition ahead: run tenancy.run_maintenance()");
+        problems.push((
+            10,
+            "the audit log has no partition ahead: run tenancy.run_maintenance()".into(),
+        ));
     }
+    if timescaledb.get("scheduler_running") == Some(&json!(false)) {
+        problems.push((20, "TimescaleDB's scheduler is not running in this database: its policies do not run (check max_worker_processes and timescaledb.max_background_workers)".into()));
+    }
+    let score = (100 - problems.iter().map(|p| p.0).sum::<i64>()).max(0);
+    let problems: Vec<String> = problems.into_iter().map(|p| p.1).collect();
     JsonB(json!({
         "status": if problems.is_empty() { "ok" } else { "degraded" },
+        "score": score,
         "problems": problems,
         "worker": worker,
         "queue": queue,
@@ -90,5 +111,29 @@ fn health() -> JsonB {
         "metrics": metrics,
         "maintenance": maintenance,
         "tenants": tenants,
+        "timescaledb": timescaledb,
     }))
+}
+
+/// TimescaleDB beside us, when it is installed in this database: its version,
+/// whether its scheduler runs here, and the hypertables and chunks of tenants.
+fn timescaledb_state() -> Value {
+    let installed = one_or_none(Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
+    ))
+    .unwrap_or(false);
+    if !installed {
+        return Value::Null;
+    }
+    // only parsed when the extension (and so its information schema) exists
+    query_json(
+        "SELECT jsonb_build_object(\
+           'version', (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'), \
+           'scheduler_running', EXISTS (SELECT 1 FROM pg_stat_activity \
+               WHERE datname = current_database() AND backend_type = 'TimescaleDB Background Worker Scheduler'), \
+           'tenant_hypertables', (SELECT count(*) FROM timescaledb_information.hypertables h \
+               JOIN tenancy.tenants t ON t.schema_name = h.hypertable_schema), \
+           'tenant_chunks', (SELECT count(*) FROM timescaledb_information.chunks c \
+               JOIN tenancy.tenants t ON t.schema_name = c.hypertable_schema))",
+    )
 }
