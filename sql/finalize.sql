@@ -66,6 +66,9 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenancy FROM PUBLIC;
 GRANT USAGE ON SCHEMA tenancy TO tenancy_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA tenancy TO tenancy_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO tenancy_admin;
+-- adopting makes roles and policies from a table anyone with CREATE could
+-- have written: superusers only
+REVOKE EXECUTE ON FUNCTION tenancy.adopt_schemas() FROM tenancy_admin;
 -- set_tenant reads the catalog as the owner, but must not pin search_path:
 -- setting it (for a schema tenant) is part of its job. Its own queries run
 -- with a safe search_path inside.

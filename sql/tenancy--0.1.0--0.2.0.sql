@@ -150,3 +150,119 @@ BEGIN
         'score', greatest(score, 0), 'reasons', to_jsonb(reasons));
 END
 $$;
+
+-- DROP EXTENSION saves the catalog; adopt_schemas() takes it back (sql/adopt.sql)
+CREATE FUNCTION tenancy._save_catalog() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    schemas bigint;
+    shared bigint;
+BEGIN
+    -- ddl_command_start does not say what is dropped: look at the statement.
+    -- A wider match than needed only saves a snapshot nobody uses; a
+    -- worker has no statement text (NULL) and never drops the extension.
+    IF coalesce(current_query(), '') !~* '\mdrop\s+(extension|schema)\M[^;]*"?\mtenancy\M"?\s*(,|;|\mcascade\M|\mrestrict\M|$)' THEN
+        RETURN;
+    END IF;
+    SELECT count(*) FILTER (WHERE isolation = 'schema' AND status <> 'dropped'),
+           count(*) FILTER (WHERE isolation = 'shared' AND status <> 'dropped')
+    INTO schemas, shared FROM tenancy.tenants;
+    CREATE SCHEMA IF NOT EXISTS tenancy_saved;
+    CREATE TABLE IF NOT EXISTS tenancy_saved.catalog (
+        kind     text        NOT NULL,
+        data     jsonb       NOT NULL,
+        saved_at timestamptz NOT NULL DEFAULT now()
+    );
+    COMMENT ON SCHEMA tenancy_saved IS
+        'tenancy: the catalog saved by DROP EXTENSION tenancy; SELECT * FROM tenancy.adopt_schemas() takes it back';
+    DELETE FROM tenancy_saved.catalog;
+    INSERT INTO tenancy_saved.catalog (kind, data)
+    SELECT 'template', to_jsonb(t) FROM tenancy.templates t WHERE NOT t.shipped
+    UNION ALL
+    SELECT 'tenant', to_jsonb(t) FROM tenancy.tenants t
+    UNION ALL
+    SELECT 'pool_setting', to_jsonb(p) FROM tenancy.pool_settings p;
+    RAISE NOTICE 'tenancy: % tenant schema(s) and % shared tenant(s) stay in place with their data and roles; the catalog is saved in tenancy_saved.catalog',
+        schemas, shared
+        USING HINT = 'After CREATE EXTENSION tenancy, SELECT * FROM tenancy.adopt_schemas() takes them back. '
+                     'Shared tables lose their policies with the extension (CASCADE) and stay closed to tenant roles until then.';
+END
+$$;
+
+CREATE EVENT TRIGGER tenancy_save_catalog ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA')
+    EXECUTE FUNCTION tenancy._save_catalog();
+
+-- Takes back the catalog saved by DROP EXTENSION: templates, tenants whose
+-- schema (or shared schema) is still there, pool sizes; puts back the
+-- shared tables' policies; drops the pool's leftover schemas (they hold no
+-- tenant). Returns one row per saved tenant with what became of it.
+CREATE FUNCTION tenancy.adopt_schemas()
+RETURNS TABLE(slug text, isolation text, schema_name name, status tenancy.tenant_status, result text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    t tenancy.tenants;
+    present name;
+    s name;
+BEGIN
+    IF to_regclass('tenancy_saved.catalog') IS NULL THEN
+        RAISE EXCEPTION 'there is no saved catalog to adopt: tenancy_saved.catalog does not exist'
+            USING ERRCODE = 'undefined_table',
+                  HINT = 'DROP EXTENSION tenancy saves it; nothing was dropped here, or it was adopted already.';
+    END IF;
+    FOR r IN SELECT c.data FROM tenancy_saved.catalog c WHERE c.kind = 'template' LOOP
+        INSERT INTO tenancy.templates SELECT (jsonb_populate_record(NULL::tenancy.templates, r.data)).*
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+    FOR r IN SELECT c.data FROM tenancy_saved.catalog c WHERE c.kind = 'pool_setting' LOOP
+        INSERT INTO tenancy.pool_settings SELECT (jsonb_populate_record(NULL::tenancy.pool_settings, r.data)).*
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+    FOR r IN SELECT c.data, c.saved_at FROM tenancy_saved.catalog c WHERE c.kind = 'tenant'
+             ORDER BY c.data->>'created_at' LOOP
+        t := jsonb_populate_record(NULL::tenancy.tenants, r.data);
+        slug := t.slug;
+        isolation := t.isolation;
+        schema_name := t.schema_name;
+        status := t.status;
+        present := CASE WHEN t.status = 'dropped' THEN NULL
+                        WHEN t.isolation = 'shared' THEN tenancy._access_schema(t)
+                        WHEN t.status = 'archived' THEN tenancy._archive_name(t)
+                        ELSE t.schema_name END;
+        IF EXISTS (SELECT 1 FROM tenancy.tenants x WHERE x.id = t.id OR x.slug = t.slug) THEN
+            result := 'skipped: already in the catalog';
+        ELSIF NOT EXISTS (SELECT 1 FROM tenancy.templates p WHERE p.name = t.template AND p.version = t.template_version) THEN
+            result := format('skipped: template %s version %s is not known', t.template, t.template_version);
+        ELSIF t.status <> 'dropped' AND to_regnamespace(quote_ident(present)) IS NULL THEN
+            result := format('skipped: schema %s is missing', present);
+        ELSE
+            INSERT INTO tenancy.tenants SELECT t.*;
+            PERFORM tenancy._audit('adopt', t, jsonb_build_object('saved_at', r.saved_at));
+            result := CASE WHEN t.status = 'dropped' THEN 'adopted (tombstone)' ELSE 'adopted' END;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    -- the policies of shared tables went with the extension
+    FOR s IN SELECT DISTINCT tenancy._access_schema(x) FROM tenancy.tenants x
+             WHERE x.isolation = 'shared' AND x.status <> 'dropped' LOOP
+        PERFORM tenancy.enable_rls(c.oid::regclass) FROM pg_class c
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+        WHERE c.relnamespace = to_regnamespace(quote_ident(s)) AND c.relkind IN ('r', 'p') AND NOT c.relispartition;
+    END LOOP;
+    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE 'tenancy\_pool\_%'
+             AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP
+        EXECUTE format('DROP SCHEMA %I CASCADE', s);
+    END LOOP;
+    DROP SCHEMA tenancy_saved CASCADE;
+    PERFORM tenancy._wake_worker();
+END
+$$;
+COMMENT ON FUNCTION tenancy.adopt_schemas() IS
+    'Takes back the tenants left in place by DROP EXTENSION tenancy (their catalog was saved in tenancy_saved.catalog)';
+REVOKE ALL ON FUNCTION tenancy._save_catalog(), tenancy.adopt_schemas() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._save_catalog() TO tenancy_admin;

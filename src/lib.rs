@@ -56,6 +56,7 @@ extension_sql_file!(
     name = "metrics",
     requires = ["maintenance"]
 );
+extension_sql_file!("../sql/adopt.sql", name = "adopt", requires = ["metrics"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
