@@ -65,11 +65,16 @@ CREATE TABLE tenancy.audit_log (
     result      text        NOT NULL DEFAULT 'ok' CHECK (result IN ('ok', 'error')),
     sqlstate    text,
     error       text,
-    duration_ms double precision,
-    PRIMARY KEY (id, at)
+    duration_ms double precision
 ) PARTITION BY RANGE (at);
 CREATE TABLE tenancy.audit_log_default PARTITION OF tenancy.audit_log DEFAULT;
-CREATE INDEX audit_log_tenant_idx ON tenancy.audit_log (tenant_id, at);
+-- Keys and indexes are made on each partition (maintenance copies the
+-- default partition's), not on the parent: the parent exists before
+-- pg_restore recreates the month partitions, and an index on it would make
+-- ATTACH PARTITION build the partitions' indexes that the dump then adds
+-- again. Each key holds the partition column, so it is unique table-wide.
+ALTER TABLE tenancy.audit_log_default ADD CONSTRAINT audit_log_default_pkey PRIMARY KEY (id, at);
+CREATE INDEX audit_log_default_tenant_idx ON tenancy.audit_log_default (tenant_id, at);
 COMMENT ON TABLE tenancy.audit_log IS 'Every lifecycle operation on tenants and templates; partitioned by month';
 
 SELECT pg_catalog.pg_extension_config_dump('tenancy.templates', 'WHERE NOT shipped');
@@ -183,9 +188,11 @@ CREATE TABLE tenancy.tenant_metrics (
     seq_scans       bigint,
     idx_scans       bigint,
     seq_scans_total bigint,
-    idx_scans_total bigint,
-    PRIMARY KEY (tenant_id, collected_at)
+    idx_scans_total bigint
 ) PARTITION BY RANGE (collected_at);
 CREATE TABLE tenancy.tenant_metrics_default PARTITION OF tenancy.tenant_metrics DEFAULT;
+-- per partition, as for the audit log
+ALTER TABLE tenancy.tenant_metrics_default
+    ADD CONSTRAINT tenant_metrics_default_pkey PRIMARY KEY (tenant_id, collected_at);
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_metrics_default', '');
 INSERT INTO tenancy.jobs (name, run_every) VALUES ('metrics', '5 minutes');

@@ -4,6 +4,45 @@
 -- partition another session holds is skipped and done at the next run,
 -- never waited for.
 
+-- Gives a new partition the indexes (and primary key) that the default
+-- partition has of its own, not from the parent: how the extension's
+-- partitioned tables keep their keys (see the audit log in bootstrap.sql).
+-- For tables indexed on the parent, there are none to copy.
+CREATE FUNCTION tenancy._copy_partition_indexes(dflt regclass, part regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d_name name;
+    p_name name;
+    nsp name;
+    ix record;
+    ix_name name;
+BEGIN
+    IF dflt IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT relname INTO d_name FROM pg_class WHERE oid = dflt;
+    SELECT relname, relnamespace::regnamespace::name INTO p_name, nsp FROM pg_class WHERE oid = part;
+    FOR ix IN
+        SELECT c.relname, i.indisprimary, pg_get_indexdef(i.indexrelid) AS def
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE i.indrelid = dflt AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
+        ORDER BY c.relname
+    LOOP
+        ix_name := CASE WHEN left(ix.relname, length(d_name)) = d_name
+                        THEN p_name || substr(ix.relname, length(d_name) + 1)
+                        ELSE p_name || '_' || ix.relname END;
+        EXECUTE regexp_replace(ix.def, '^CREATE (UNIQUE )?INDEX \S+ ON \S+ ',
+                               format('CREATE \1INDEX %I ON %I.%I ', ix_name, nsp, p_name));
+        IF ix.indisprimary THEN
+            EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I',
+                           nsp, p_name, ix_name, ix_name);
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- The partitions of one range-partitioned table: the current period and
 -- `premake` ahead made (rows that landed in the default partition moved into
 -- theirs), those wholly older than `retention` dropped.
@@ -63,6 +102,7 @@ BEGIN
                 EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
                                parent, nsp, part, lo, lo + step);
             END IF;
+            PERFORM tenancy._copy_partition_indexes(dflt, format('%I.%I', nsp, part)::regclass);
             made := made + 1;
         EXCEPTION
             WHEN lock_not_available THEN

@@ -266,3 +266,149 @@ COMMENT ON FUNCTION tenancy.adopt_schemas() IS
     'Takes back the tenants left in place by DROP EXTENSION tenancy (their catalog was saved in tenancy_saved.catalog)';
 REVOKE ALL ON FUNCTION tenancy._save_catalog(), tenancy.adopt_schemas() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy._save_catalog() TO tenancy_admin;
+
+-- The extension's partitioned tables keep their keys on each partition, not
+-- on the parent, so that pg_restore can attach the month partitions
+-- (sql/bootstrap.sql says why)
+ALTER TABLE tenancy.audit_log DROP CONSTRAINT audit_log_pkey;
+DROP INDEX tenancy.audit_log_tenant_idx;
+ALTER TABLE tenancy.tenant_metrics DROP CONSTRAINT tenant_metrics_pkey;
+ALTER TABLE tenancy.audit_log_default ADD CONSTRAINT audit_log_default_pkey PRIMARY KEY (id, at);
+CREATE INDEX audit_log_default_tenant_idx ON tenancy.audit_log_default (tenant_id, at);
+ALTER TABLE tenancy.tenant_metrics_default
+    ADD CONSTRAINT tenant_metrics_default_pkey PRIMARY KEY (tenant_id, collected_at);
+CREATE FUNCTION tenancy._copy_partition_indexes(dflt regclass, part regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d_name name;
+    p_name name;
+    nsp name;
+    ix record;
+    ix_name name;
+BEGIN
+    IF dflt IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT relname INTO d_name FROM pg_class WHERE oid = dflt;
+    SELECT relname, relnamespace::regnamespace::name INTO p_name, nsp FROM pg_class WHERE oid = part;
+    FOR ix IN
+        SELECT c.relname, i.indisprimary, pg_get_indexdef(i.indexrelid) AS def
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE i.indrelid = dflt AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
+        ORDER BY c.relname
+    LOOP
+        ix_name := CASE WHEN left(ix.relname, length(d_name)) = d_name
+                        THEN p_name || substr(ix.relname, length(d_name) + 1)
+                        ELSE p_name || '_' || ix.relname END;
+        EXECUTE regexp_replace(ix.def, '^CREATE (UNIQUE )?INDEX \S+ ON \S+ ',
+                               format('CREATE \1INDEX %I ON %I.%I ', ix_name, nsp, p_name));
+        IF ix.indisprimary THEN
+            EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I',
+                           nsp, p_name, ix_name, ix_name);
+        END IF;
+    END LOOP;
+END
+$$;
+CREATE OR REPLACE FUNCTION tenancy._maintain_partitions(parent regclass, unit text, premake integer,
+                                             retention interval DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
+AS $$
+DECLARE
+    step interval := ('1 ' || unit)::interval;
+    nsp name;
+    rel name;
+    keycol name;
+    dflt regclass;
+    lo timestamp;
+    part name;
+    made integer := 0;
+    dropped integer := 0;
+    skipped text[] := '{}';
+    p record;
+    n bigint;
+BEGIN
+    SELECT c.relnamespace::regnamespace::name, c.relname INTO nsp, rel FROM pg_class c WHERE c.oid = parent;
+    SELECT a.attname INTO keycol FROM pg_partitioned_table pt
+    JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
+    WHERE pt.partrelid = parent;
+    -- (from the catalog alone: pg_get_expr on a bound would lock the partition)
+    SELECT nullif(pt.partdefid, 0)::regclass INTO dflt FROM pg_partitioned_table pt WHERE pt.partrelid = parent;
+
+    FOR i IN 0 .. premake LOOP
+        lo := date_trunc(unit, localtimestamp) + i * step;
+        part := (rel || '_p' || to_char(lo, 'YYYYMMDD'))::name;
+        CONTINUE WHEN to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
+        BEGIN
+            IF dflt IS NOT NULL THEN
+                -- With a default partition, a writer that routed its row
+                -- before the new partition appears would fail its partition
+                -- check: hold writers off for the moment it takes (or skip,
+                -- after lock_timeout, if they hold the table).
+                EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', parent);
+                EXECUTE format('SELECT count(*) FROM %s WHERE %I >= %L AND %I < %L',
+                               dflt, keycol, lo, keycol, lo + step) INTO n;
+            ELSE
+                n := 0;
+            END IF;
+            IF n = 0 THEN
+                EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+                               nsp, part, parent, lo, lo + step);
+            ELSE
+                -- rows of this period sit in the default partition: move them
+                EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                               nsp, part, parent);
+                EXECUTE format('WITH moved AS (DELETE FROM %s WHERE %I >= %L AND %I < %L RETURNING *) '
+                               'INSERT INTO %I.%I SELECT * FROM moved',
+                               dflt, keycol, lo, keycol, lo + step, nsp, part);
+                EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                               parent, nsp, part, lo, lo + step);
+            END IF;
+            PERFORM tenancy._copy_partition_indexes(dflt, format('%I.%I', nsp, part)::regclass);
+            made := made + 1;
+        EXCEPTION
+            WHEN lock_not_available THEN
+                skipped := skipped || format('%I.%I (locked by another session)', nsp, part);
+            WHEN duplicate_table THEN
+                NULL;  -- made meanwhile by another session
+        END;
+    END LOOP;
+
+    IF retention IS NOT NULL THEN
+        FOR p IN
+            SELECT c.oid::regclass AS tbl, c.relname
+            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = parent AND c.relname ~ ('^' || rel || '_p[0-9]{8}$')
+        LOOP
+            lo := to_timestamp(right(p.relname, 8), 'YYYYMMDD')::timestamp;
+            CONTINUE WHEN lo + step > localtimestamp - retention;
+            BEGIN
+                EXECUTE format('DROP TABLE %s', p.tbl);
+                dropped := dropped + 1;
+            EXCEPTION WHEN lock_not_available THEN
+                skipped := skipped || format('%s (drop: locked by another session)', p.tbl);
+            END;
+        END LOOP;
+    END IF;
+    RETURN jsonb_build_object('created', made, 'dropped', dropped, 'skipped', to_jsonb(skipped));
+END
+$$;
+ALTER FUNCTION tenancy._maintain_partitions(regclass, text, integer, interval)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION tenancy._copy_partition_indexes(regclass, regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._copy_partition_indexes(regclass, regclass) TO tenancy_admin;
+DO $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN SELECT pt.partdefid::regclass AS dflt, i.inhrelid::regclass AS part
+             FROM pg_partitioned_table pt JOIN pg_inherits i ON i.inhparent = pt.partrelid
+             WHERE pt.partrelid IN ('tenancy.audit_log'::regclass, 'tenancy.tenant_metrics'::regclass)
+               AND i.inhrelid <> pt.partdefid LOOP
+        PERFORM tenancy._copy_partition_indexes(p.dflt, p.part);
+    END LOOP;
+END
+$$;

@@ -1,6 +1,9 @@
 //! Keeps the worker out of a DBA's way: before `DROP DATABASE` runs, the
 //! workers connected to that database are stopped (and kept from starting
 //! again for a while), so a plain DROP DATABASE works without `WITH (FORCE)`.
+//! Before `DROP EXTENSION tenancy` (or `DROP SCHEMA tenancy`) the same
+//! happens in this database, so the drop never meets a worker mid-transaction
+//! (a lock each waits for in the other's order is a deadlock).
 
 use super::shmem::{self, SHARED};
 use pgrx::prelude::*;
@@ -9,6 +12,9 @@ static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
 /// How long after a DROP DATABASE began no worker starts in that database.
 const PAUSE_MS: i64 = 60_000;
+/// The same after a DROP EXTENSION began; a later CREATE EXTENSION (or a
+/// rolled-back drop's next batch) wakes the worker at once.
+const EXTENSION_PAUSE_MS: i64 = 10_000;
 
 pub fn install() {
     unsafe {
@@ -20,13 +26,16 @@ pub fn install() {
 /// Stops the scheduler of a database; it terminates its item workers (which
 /// die at once on SIGTERM) as it exits. Returns without waiting: DROP DATABASE itself waits (up to 5 s)
 /// for the backends of the database to be gone.
-fn stop_workers_of(db: pg_sys::Oid) {
+fn stop_workers_of(db: pg_sys::Oid, pause_ms: i64) {
+    if !shmem::ready() {
+        return;
+    }
     let pid = {
         let mut s = SHARED.exclusive();
         let Some(i) = shmem::slot_index(&mut s, db.to_u32(), true) else {
             return;
         };
-        s.slots[i].paused_until_ms = shmem::now_ms() + PAUSE_MS;
+        s.slots[i].paused_until_ms = shmem::now_ms() + pause_ms;
         s.slots[i].scheduler_pid
     };
     if pid != 0 {
@@ -39,6 +48,43 @@ unsafe fn libc_kill(pid: i32) {
         fn kill(pid: i32, sig: i32) -> i32;
     }
     kill(pid, 15);
+}
+
+/// `DROP EXTENSION ... tenancy ...` or `DROP SCHEMA ... tenancy ...`.
+unsafe fn drops_tenancy(stmt: *mut pg_sys::Node) -> bool {
+    unsafe {
+        if (*stmt).type_ != pg_sys::NodeTag::T_DropStmt {
+            return false;
+        }
+        let drop = stmt as *mut pg_sys::DropStmt;
+        if (*drop).removeType != pg_sys::ObjectType::OBJECT_EXTENSION
+            && (*drop).removeType != pg_sys::ObjectType::OBJECT_SCHEMA
+        {
+            return false;
+        }
+        let objects = pgrx::PgList::<pg_sys::Node>::from_pg((*drop).objects);
+        let named = objects
+            .iter_ptr()
+            .any(|n| !n.is_null() && name_of(n) == Some(b"tenancy".as_slice()));
+        named
+    }
+}
+
+/// The text of a String node (how DROP EXTENSION/SCHEMA names its objects).
+#[cfg(not(any(feature = "pg13", feature = "pg14")))]
+unsafe fn name_of<'a>(n: *mut pg_sys::Node) -> Option<&'a [u8]> {
+    unsafe {
+        ((*n).type_ == pg_sys::NodeTag::T_String)
+            .then(|| std::ffi::CStr::from_ptr((*(n as *mut pg_sys::String)).sval).to_bytes())
+    }
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14"))]
+unsafe fn name_of<'a>(n: *mut pg_sys::Node) -> Option<&'a [u8]> {
+    unsafe {
+        ((*n).type_ == pg_sys::NodeTag::T_String)
+            .then(|| std::ffi::CStr::from_ptr((*(n as *mut pg_sys::Value)).val.str_).to_bytes())
+    }
 }
 
 #[pg_guard]
@@ -59,8 +105,10 @@ unsafe extern "C-unwind" fn process_utility(
             let drop = stmt as *mut pg_sys::DropdbStmt;
             let db = pg_sys::get_database_oid((*drop).dbname, true);
             if db != pg_sys::InvalidOid {
-                stop_workers_of(db);
+                stop_workers_of(db, PAUSE_MS);
             }
+        } else if !stmt.is_null() && drops_tenancy(stmt) {
+            stop_workers_of(pg_sys::MyDatabaseId, EXTENSION_PAUSE_MS);
         }
         match PREV_PROCESS_UTILITY {
             Some(prev) => prev(

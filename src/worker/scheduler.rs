@@ -18,6 +18,18 @@ fn extension_installed() -> bool {
     .unwrap_or(false)
 }
 
+/// pg_restore is filling this database: the worker must not make partitions,
+/// pool schemas or tenants that the dump is about to create itself.
+fn being_restored() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity \
+         WHERE datname = pg_catalog.current_database() AND application_name = 'pg_restore')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 fn start_item_worker(db: u32) -> Option<DynamicBackgroundWorker> {
     BackgroundWorkerBuilder::new(&format!("{ITEM_WORKER_TYPE} {db}"))
         .set_type(ITEM_WORKER_TYPE)
@@ -77,12 +89,19 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         // DROP EXTENSION: stop here, and let the launcher know not to restart us
-        match super::try_transaction("extension check", extension_installed) {
-            Some(false) => {
+        let check = || (extension_installed(), being_restored());
+        match super::try_transaction("extension check", check) {
+            Some((false, _)) => {
                 publish(db, 2, 0);
                 break;
             }
-            Some(true) => {}
+            Some((true, true)) => {
+                if !give_way() {
+                    break;
+                }
+                continue;
+            }
+            Some((true, false)) => {}
             None => {
                 // a lock we could not get in time (DROP EXTENSION under way?)
                 if !give_way() {

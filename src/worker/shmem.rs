@@ -123,6 +123,7 @@ pub fn wake_database(db: pg_sys::Oid) {
             Some(i) => {
                 let slot = &mut s.slots[i];
                 slot.wake = true;
+                slot.paused_until_ms = 0;
                 if slot.extension == 2 {
                     slot.extension = 0;
                 }

@@ -1,0 +1,85 @@
+"""Backups: pg_dump of a database with schema tenants, shared tenants, a
+finished batch and metrics history, restored with pg_restore into a new
+database, has the same catalog and tenants, and the worker serves it."""
+
+import json
+import os
+import subprocess
+import tempfile
+import uuid
+
+from conftest import HOST, PG_BIN, PORT, batch_of, connect, wait_batch
+
+# what must come back unchanged, table by table
+SNAPSHOT = {
+    "tenants": "SELECT to_jsonb(t) FROM tenancy.tenants t ORDER BY id",
+    # shipped templates are loaded again by CREATE EXTENSION (a new created_at)
+    "templates": "SELECT to_jsonb(t) - CASE WHEN shipped THEN 'created_at' ELSE '' END "
+                 "FROM tenancy.templates t ORDER BY name, version",
+    "batches": "SELECT to_jsonb(b) FROM tenancy.batches b ORDER BY id",
+    "batch_items": "SELECT to_jsonb(i) FROM tenancy.batch_items i ORDER BY batch_id, ordinal",
+    "metrics": "SELECT to_jsonb(m) FROM tenancy.tenant_metrics m ORDER BY tenant_id, collected_at",
+    "audit": "SELECT to_jsonb(a) FROM tenancy.audit_log a ORDER BY id",
+    "pool": "SELECT to_jsonb(p) FROM tenancy.pool_settings p ORDER BY template",
+    "data": "SELECT email FROM tenant_dump_a.users UNION ALL SELECT email FROM shared_default.users ORDER BY 1",
+    "policies": "SELECT polrelid::regclass::text, polname, pg_get_expr(polqual, polrelid) FROM pg_policy ORDER BY 1, 2",
+    "partitions": "SELECT inhparent::regclass::text, inhrelid::regclass::text FROM pg_inherits "
+                  "WHERE inhparent::regclass::text LIKE 'tenancy.%' ORDER BY 1, 2",
+}
+
+
+def snapshot(dbname):
+    with connect(dbname, autocommit=True) as c:
+        return {k: c.execute(q).fetchall() for k, q in SNAPSHOT.items()}
+
+
+def run(*cmd):
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, f"{cmd[0]} failed:\n{done.stderr}"
+    return done.stderr
+
+
+def test_dump_and_restore_into_a_new_database(db, fresh_db):
+    db.execute("SELECT tenancy.provision('dump_a', 'Dump A', 'default', '{\"max_users\": 10}')")
+    db.execute("INSERT INTO tenant_dump_a.users (email) VALUES ('a@dump')")
+    db.execute("""SELECT tenancy.provision('dump_s', NULL, 'default', '{"isolation": "shared"}')""")
+    db.execute("INSERT INTO shared_default.users (tenant_id, email) "
+               "SELECT id, 's@dump' FROM tenancy.tenants WHERE slug = 'dump_s'")
+    batch = db.execute("SELECT tenancy.provision_batch(%s)", (batch_of("dump_b", 5),)).fetchone()[0]
+    assert wait_batch(db, batch) == "completed"
+    db.execute("SELECT tenancy.run_maintenance()")
+    db.execute("SELECT tenancy.refresh_metrics()")
+    db.execute("SELECT tenancy.refresh_metrics()")
+    before = snapshot(fresh_db)
+    assert len(before["metrics"]) >= 2 * 7 and len(before["partitions"]) > 2
+
+    restored = "t_" + uuid.uuid4().hex[:12]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o777)
+        dump = os.path.join(tmp, "tenancy.dump")
+        common = ["-h", HOST, "-p", str(PORT), "-U", "postgres"]
+        run(f"{PG_BIN}/pg_dump", *common, "-Fc", "-f", dump, fresh_db)
+        run(f"{PG_BIN}/createdb", *common, restored)
+        try:
+            warnings = run(f"{PG_BIN}/pg_restore", *common, "--exit-on-error", "-d", restored, dump)
+            assert "error" not in warnings.lower(), warnings
+            after = snapshot(restored)
+            for k in SNAPSHOT:
+                assert after[k] == before[k], f"{k} differs after restore"
+            with connect(restored, autocommit=True) as c:
+                assert c.execute("SELECT count(*) FROM tenancy.rls_audit()").fetchone()[0] == 0
+                for slug in ("dump_a", "dump_b1", "dump_s"):
+                    h = c.execute("SELECT tenancy.health(%s)", (slug,)).fetchone()[0]
+                    assert h["score"] == 100, h
+                c.execute("SELECT tenancy.set_tenant('dump_s', false)")
+                assert c.execute("SELECT email FROM shared_default.users WHERE tenant_id = tenancy.current_tenant_id()"
+                                 ).fetchall() == [("s@dump",)]
+                c.execute("RESET ALL")
+                # the worker serves the restored database
+                batch = c.execute("SELECT tenancy.provision_batch(%s)", (json.dumps([{"slug": "after_restore"}]),)
+                                  ).fetchone()[0]
+                assert wait_batch(c, batch) == "completed"
+                c.execute("SELECT tenancy.provision('dump_a2')")
+        finally:
+            with connect("postgres", autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{restored}" WITH (FORCE)')
