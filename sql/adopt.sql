@@ -110,7 +110,8 @@ BEGIN
              AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP
         EXECUTE format('DROP SCHEMA %I CASCADE', s);
     END LOOP;
-    DROP SCHEMA tenancy_saved CASCADE;
+    DROP TABLE tenancy_saved.catalog;
+    DROP SCHEMA tenancy_saved;
     PERFORM tenancy._wake_worker();
 END
 $$;

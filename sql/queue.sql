@@ -291,6 +291,14 @@ DECLARE
     st tenancy.batch_state;
     deadline timestamptz := clock_timestamp() + timeout;
 BEGIN
+    -- queued by this very transaction: no worker can see it before it
+    -- commits, so waiting could only time out
+    IF EXISTS (SELECT 1 FROM tenancy.batches b WHERE b.id = batch
+               AND b.xmin::text = pg_current_xact_id_if_assigned()::text) THEN
+        RAISE EXCEPTION 'batch % was queued by this transaction and cannot start before it commits', batch
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Call wait_batch in a later transaction: SELECT tenancy.provision_batch(...) \gset, then SELECT tenancy.wait_batch(...).';
+    END IF;
     LOOP
         SELECT status INTO st FROM tenancy.batches WHERE id = batch;
         IF NOT FOUND THEN

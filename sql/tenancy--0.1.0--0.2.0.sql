@@ -258,7 +258,8 @@ BEGIN
              AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP
         EXECUTE format('DROP SCHEMA %I CASCADE', s);
     END LOOP;
-    DROP SCHEMA tenancy_saved CASCADE;
+    DROP TABLE tenancy_saved.catalog;
+    DROP SCHEMA tenancy_saved;
     PERFORM tenancy._wake_worker();
 END
 $$;
@@ -410,5 +411,34 @@ BEGIN
                AND i.inhrelid <> pt.partdefid LOOP
         PERFORM tenancy._copy_partition_indexes(p.dflt, p.part);
     END LOOP;
+END
+$$;
+
+-- wait_batch refuses to wait for a batch its own transaction queued
+CREATE OR REPLACE FUNCTION tenancy.wait_batch(batch uuid, timeout interval DEFAULT '10 minutes') RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    st tenancy.batch_state;
+    deadline timestamptz := clock_timestamp() + timeout;
+BEGIN
+    -- queued by this very transaction: no worker can see it before it
+    -- commits, so waiting could only time out
+    IF EXISTS (SELECT 1 FROM tenancy.batches b WHERE b.id = batch
+               AND b.xmin::text = pg_current_xact_id_if_assigned()::text) THEN
+        RAISE EXCEPTION 'batch % was queued by this transaction and cannot start before it commits', batch
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Call wait_batch in a later transaction: SELECT tenancy.provision_batch(...) \gset, then SELECT tenancy.wait_batch(...).';
+    END IF;
+    LOOP
+        SELECT status INTO st FROM tenancy.batches WHERE id = batch;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'batch % does not exist', batch USING ERRCODE = 'undefined_object';
+        END IF;
+        EXIT WHEN st NOT IN ('queued', 'in_progress') OR clock_timestamp() >= deadline;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN st::text;
 END
 $$;

@@ -217,3 +217,11 @@ def test_drop_extension_stops_the_scheduler(fresh_db):
         # and it comes back with the extension
         c.execute("CREATE EXTENSION tenancy")
         wait_for(lambda: c.execute(count).fetchone()[0] == 1, timeout=30, what="the scheduler to return")
+
+
+def test_wait_batch_in_the_queueing_transaction_fails_at_once(db):
+    # the worker cannot see the batch before this transaction commits: an
+    # error now, not a wait until the timeout
+    with pytest.raises(errors.ObjectNotInPrerequisiteState, match="cannot start before it commits"):
+        db.execute("""SELECT tenancy.wait_batch(tenancy.provision_batch('[{"slug": "too_soon"}]'), '1 hour')""")
+    assert db.execute("SELECT count(*) FROM tenancy.batches").fetchone()[0] == 0
