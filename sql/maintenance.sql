@@ -220,6 +220,14 @@ DECLARE
     t0 timestamptz;
     err text;
 BEGIN
+    -- the jobs' intervals are settings; a change moves the next run
+    UPDATE tenancy.jobs jb
+    SET run_every = s.every,
+        next_run_at = least(jb.next_run_at, coalesce(jb.last_finished_at, now()) + s.every)
+    FROM (VALUES ('metrics', current_setting('tenancy.metrics_interval', true)),
+                 ('maintenance', current_setting('tenancy.maintenance_interval', true))) AS s0(name, setting),
+         LATERAL (SELECT s0.setting::interval AS every) s
+    WHERE jb.name = s0.name AND s0.setting IS NOT NULL AND jb.run_every IS DISTINCT FROM s.every;
     FOR j IN SELECT * FROM tenancy.jobs WHERE next_run_at <= clock_timestamp() ORDER BY next_run_at
              FOR UPDATE SKIP LOCKED LOOP
         t0 := clock_timestamp();

@@ -82,3 +82,23 @@ CREATE VIEW tenancy.latest_metrics AS
 SELECT DISTINCT ON (m.tenant_id) t.slug, m.*
 FROM tenancy.tenant_metrics m JOIN tenancy.tenants t ON t.id = m.tenant_id
 ORDER BY m.tenant_id, m.collected_at DESC;
+
+-- One row for dashboards: tenants by status, and the pace of provisioning
+-- over the last day (from the audit log: each provision's duration).
+CREATE VIEW tenancy.stats AS
+SELECT t.tenants, t.active, t.suspended, t.archived, t.dropped, t.failed, t.shared,
+       p.provisioned_24h, p.from_pool_24h, p.provision_p50_ms, p.provision_p95_ms
+FROM (SELECT count(*) FILTER (WHERE status <> 'dropped') AS tenants,
+             count(*) FILTER (WHERE status = 'active') AS active,
+             count(*) FILTER (WHERE status = 'suspended') AS suspended,
+             count(*) FILTER (WHERE status = 'archived') AS archived,
+             count(*) FILTER (WHERE status = 'dropped') AS dropped,
+             count(*) FILTER (WHERE status = 'failed') AS failed,
+             count(*) FILTER (WHERE isolation = 'shared' AND status <> 'dropped') AS shared
+      FROM tenancy.tenants) t,
+     (SELECT count(*) AS provisioned_24h,
+             count(*) FILTER (WHERE (a.details->>'from_pool')::boolean) AS from_pool_24h,
+             round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p50_ms,
+             round(percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p95_ms
+      FROM tenancy.audit_log a
+      WHERE a.action = 'provision' AND a.at > now() - interval '1 day') p;

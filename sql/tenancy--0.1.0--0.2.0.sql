@@ -445,3 +445,71 @@ BEGIN
     RETURN st::text;
 END
 $$;
+
+-- the jobs' intervals follow tenancy.metrics_interval and tenancy.maintenance_interval
+CREATE OR REPLACE FUNCTION tenancy._run_due_jobs() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    j record;
+    n integer := 0;
+    t0 timestamptz;
+    err text;
+BEGIN
+    -- the jobs' intervals are settings; a change moves the next run
+    UPDATE tenancy.jobs jb
+    SET run_every = s.every,
+        next_run_at = least(jb.next_run_at, coalesce(jb.last_finished_at, now()) + s.every)
+    FROM (VALUES ('metrics', current_setting('tenancy.metrics_interval', true)),
+                 ('maintenance', current_setting('tenancy.maintenance_interval', true))) AS s0(name, setting),
+         LATERAL (SELECT s0.setting::interval AS every) s
+    WHERE jb.name = s0.name AND s0.setting IS NOT NULL AND jb.run_every IS DISTINCT FROM s.every;
+    FOR j IN SELECT * FROM tenancy.jobs WHERE next_run_at <= clock_timestamp() ORDER BY next_run_at
+             FOR UPDATE SKIP LOCKED LOOP
+        t0 := clock_timestamp();
+        BEGIN
+            CASE j.name
+                WHEN 'maintenance' THEN PERFORM tenancy.run_maintenance();
+                WHEN 'metrics' THEN PERFORM tenancy.refresh_metrics();
+                ELSE RAISE EXCEPTION 'unknown job %', j.name;
+            END CASE;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+            UPDATE tenancy.jobs
+            SET last_started_at = t0, last_finished_at = clock_timestamp(),
+                last_duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
+                last_error = err, failures = failures + 1,
+                next_run_at = clock_timestamp() + run_every * least(power(2, failures + 1), 16)
+            WHERE name = j.name;
+            INSERT INTO tenancy.audit_log (action, result, error, details)
+            VALUES ('job', 'error', err, jsonb_build_object('job', j.name, 'failures', j.failures + 1));
+        END;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+ALTER FUNCTION tenancy._run_due_jobs() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- DESIGN's stats view
+-- One row for dashboards: tenants by status, and the pace of provisioning
+-- over the last day (from the audit log: each provision's duration).
+CREATE VIEW tenancy.stats AS
+SELECT t.tenants, t.active, t.suspended, t.archived, t.dropped, t.failed, t.shared,
+       p.provisioned_24h, p.from_pool_24h, p.provision_p50_ms, p.provision_p95_ms
+FROM (SELECT count(*) FILTER (WHERE status <> 'dropped') AS tenants,
+             count(*) FILTER (WHERE status = 'active') AS active,
+             count(*) FILTER (WHERE status = 'suspended') AS suspended,
+             count(*) FILTER (WHERE status = 'archived') AS archived,
+             count(*) FILTER (WHERE status = 'dropped') AS dropped,
+             count(*) FILTER (WHERE status = 'failed') AS failed,
+             count(*) FILTER (WHERE isolation = 'shared' AND status <> 'dropped') AS shared
+      FROM tenancy.tenants) t,
+     (SELECT count(*) AS provisioned_24h,
+             count(*) FILTER (WHERE (a.details->>'from_pool')::boolean) AS from_pool_24h,
+             round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p50_ms,
+             round(percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p95_ms
+      FROM tenancy.audit_log a
+      WHERE a.action = 'provision' AND a.at > now() - interval '1 day') p;
+GRANT SELECT ON tenancy.stats TO tenancy_admin;

@@ -5,6 +5,9 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+// read by tenancy._run_due_jobs() through current_setting()
+static METRICS_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+static MAINTENANCE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
 pub static RECYCLE_AFTER: GucSetting<i32> = GucSetting::<i32>::new(200);
 pub static RETRY_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(3);
 pub static RETRY_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -60,6 +63,26 @@ pub fn register() {
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.metrics_interval",
+        c"How often the worker refreshes tenant metrics (the job metrics).",
+        c"A change applies from the job's next run.",
+        &METRICS_INTERVAL_S,
+        1,
+        7 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.maintenance_interval",
+        c"How often the worker runs tenancy.run_maintenance() (the job maintenance).",
+        c"A change applies from the job's next run.",
+        &MAINTENANCE_INTERVAL_S,
+        1,
+        7 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"tenancy.max_workers",

@@ -172,3 +172,32 @@ def test_health_drops_for_a_dead_worker(db):
         with connect("postgres", autocommit=True) as admin:
             admin.execute("ALTER SYSTEM RESET tenancy.naptime")
             admin.execute("SELECT pg_reload_conf()")
+
+
+def test_stats_view(db):
+    for slug in ("st_a", "st_b", "st_c"):
+        db.execute("SELECT tenancy.provision(%s)", (slug,))
+    db.execute("""SELECT tenancy.provision('st_s', NULL, 'default', '{"isolation": "shared"}')""")
+    db.execute("SELECT tenancy.suspend('st_b')")
+    db.execute("SELECT tenancy.drop_tenant('st_c')")
+    row = db.execute("SELECT tenants, active, suspended, dropped, shared, provisioned_24h, "
+                     "provision_p50_ms > 0, provision_p95_ms >= provision_p50_ms FROM tenancy.stats").fetchone()
+    assert row == (3, 2, 1, 1, 1, 4, True, True)
+
+
+def test_job_intervals_follow_the_settings(db):
+    with connect("postgres", autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET tenancy.metrics_interval = '2s'")
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        wait_for(lambda: db.execute("SELECT run_every = '2 s' FROM tenancy.jobs WHERE name = 'metrics'").fetchone()[0],
+                 timeout=60, what="the metrics job to take the new interval")
+        # and it runs at that pace: history grows without anyone calling refresh_metrics
+        db.execute("SELECT tenancy.provision('paced')")
+        wait_for(lambda: db.execute("SELECT count(*) FROM tenancy.tenant_metrics m JOIN tenancy.tenants t "
+                                    "ON t.id = m.tenant_id WHERE t.slug = 'paced'").fetchone()[0] >= 2,
+                 timeout=60, what="two refreshes by the worker")
+    finally:
+        with connect("postgres", autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET tenancy.metrics_interval")
+            admin.execute("SELECT pg_reload_conf()")
