@@ -166,7 +166,9 @@ CREATE TABLE tenancy.jobs (
     last_duration_ms double precision,
     last_result      jsonb,
     last_error       text,
-    failures         integer     NOT NULL DEFAULT 0
+    failures         integer     NOT NULL DEFAULT 0,
+    -- a run the worker does in steps, one transaction each: where it is
+    progress         jsonb
 );
 INSERT INTO tenancy.jobs (name, run_every) VALUES ('maintenance', '1 hour');
 

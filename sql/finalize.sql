@@ -90,7 +90,8 @@ BEGIN
                             'resume', 'drop_tenant', '_trash_work', 'bulk_update', 'migrate',
                             '_migrate_tenant', '_queue_migrations', '_build_reference',
                             '_drop_tenant_role', 'enable_rls', '_maintain_partitions',
-                            '_maintain_all_partitions', 'run_maintenance', '_run_due_jobs',
+                            '_maintain_tenant_partitions', '_maintenance_finish',
+                            '_maintenance_step', 'run_maintenance', '_run_due_jobs',
                             'refresh_metrics')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);

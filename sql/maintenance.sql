@@ -132,11 +132,11 @@ BEGIN
 END
 $$;
 
--- All partition work of this database: every tenant's partitioned_tables
--- (per the template version each tenant is at), then the audit log. One
--- transaction: a partition made holds its table's lock until the end, so
--- with many partitioned tenants this wants per-tenant transactions (open).
-CREATE FUNCTION tenancy._maintain_all_partitions() RETURNS jsonb
+-- The partition work of tenants' partitioned_tables (per the template
+-- version each tenant is at), for up to max_tenants tenants after the slug
+-- `after`, in slug order. Returns what it did, how many tenants and the
+-- last slug it did.
+CREATE FUNCTION tenancy._maintain_tenant_partitions(after text, max_tenants integer) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -145,17 +145,25 @@ DECLARE
     created integer := 0;
     dropped integer := 0;
     skipped jsonb := '[]';
+    last text;
+    tenants integer := 0;
     t record;
 BEGIN
     FOR t IN
-        SELECT tn.schema_name, pt->>'name' AS tbl, pt->>'interval' AS unit,
+        SELECT tn.slug, tn.schema_name, pt->>'name' AS tbl, pt->>'interval' AS unit,
                coalesce((pt->>'premake')::int, 3) AS premake, (pt->>'retention')::interval AS retention
-        FROM tenancy.tenants tn
+        FROM (SELECT * FROM tenancy.tenants x
+              WHERE x.status IN ('active', 'suspended') AND x.isolation = 'schema' AND x.slug > after
+                AND EXISTS (SELECT 1 FROM tenancy.templates y
+                            WHERE y.name = x.template AND y.version = x.template_version
+                              AND jsonb_array_length(coalesce(y.spec->'partitioned_tables', '[]')) > 0)
+              ORDER BY x.slug LIMIT max_tenants) tn
         JOIN tenancy.templates tp ON tp.name = tn.template AND tp.version = tn.template_version
-        CROSS JOIN LATERAL jsonb_array_elements(coalesce(tp.spec->'partitioned_tables', '[]')) pt
-        WHERE tn.status IN ('active', 'suspended') AND tn.isolation = 'schema'
+        CROSS JOIN LATERAL jsonb_array_elements(tp.spec->'partitioned_tables') pt
         ORDER BY tn.slug
     LOOP
+        tenants := tenants + (last IS DISTINCT FROM t.slug)::int;
+        last := t.slug;
         CONTINUE WHEN to_regclass(format('%I.%I', t.schema_name, t.tbl)) IS NULL;
         r := tenancy._maintain_partitions(format('%I.%I', t.schema_name, t.tbl)::regclass,
                                           CASE t.unit WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week'
@@ -166,6 +174,25 @@ BEGIN
         dropped := dropped + (r->>'dropped')::int;
         skipped := skipped || (r->'skipped');
     END LOOP;
+    RETURN jsonb_build_object('created', created, 'dropped', dropped, 'skipped', skipped,
+                              'tenants', tenants, 'last', last);
+END
+$$;
+
+-- The extension's own partitioned tables, then old batches: the end of a
+-- maintenance run. Adds to `sums` (created, dropped, skipped) and returns
+-- the run's result.
+CREATE FUNCTION tenancy._maintenance_finish(sums jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r jsonb;
+    created integer := (sums->>'created')::int;
+    dropped integer := (sums->>'dropped')::int;
+    skipped jsonb := sums->'skipped';
+    cleaned integer;
+BEGIN
     r := tenancy._maintain_partitions('tenancy.tenant_metrics', 'month', 3,
                                       nullif(current_setting('tenancy.metrics_retention', true), '')::interval);
     created := created + (r->>'created')::int;
@@ -178,8 +205,51 @@ BEGIN
     created := created + (r->>'created')::int;
     dropped := dropped + (r->>'dropped')::int;
     skipped := skipped || (r->'skipped');
+    cleaned := tenancy.cleanup_batches(coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval);
     RETURN jsonb_build_object('partitions_created', created, 'partitions_dropped', dropped,
-                              'partitions_skipped', skipped);
+                              'partitions_skipped', skipped, 'batches_cleaned', cleaned);
+END
+$$;
+
+-- One step of the worker's maintenance run, in the caller's transaction:
+-- tenancy.maintenance_chunk tenants, or, when none is left, the extension's
+-- own tables and the run's record. A run over thousands of tenants is so
+-- never one transaction holding a lock on each table it touched.
+CREATE FUNCTION tenancy._maintenance_step() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    j tenancy.jobs;
+    p jsonb;
+    r jsonb;
+    result jsonb;
+    chunk integer := coalesce(nullif(current_setting('tenancy.maintenance_chunk', true), '')::int, 100);
+BEGIN
+    PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
+    SELECT * INTO j FROM tenancy.jobs WHERE name = 'maintenance';
+    p := coalesce(j.progress, jsonb_build_object('after', '', 'created', 0, 'dropped', 0, 'skipped', '[]'::jsonb,
+                                                 'steps', 0, 'started_at', clock_timestamp()));
+    r := tenancy._maintain_tenant_partitions(p->>'after', chunk);
+    p := p || jsonb_build_object('created', (p->>'created')::int + (r->>'created')::int,
+                                 'dropped', (p->>'dropped')::int + (r->>'dropped')::int,
+                                 'skipped', (p->'skipped') || (r->'skipped'),
+                                 'steps', (p->>'steps')::int + 1);
+    IF (r->>'tenants')::int = chunk THEN
+        -- maybe more tenants: due again at once, from where this step stopped
+        UPDATE tenancy.jobs SET progress = p || jsonb_build_object('after', r->>'last'),
+                                next_run_at = clock_timestamp()
+        WHERE name = 'maintenance';
+        RETURN;
+    END IF;
+    result := tenancy._maintenance_finish(p) || jsonb_build_object(
+        'transactions', (p->>'steps')::int,
+        'duration_ms', round((extract(epoch FROM clock_timestamp() - (p->>'started_at')::timestamptz) * 1000)::numeric, 1));
+    UPDATE tenancy.jobs SET last_started_at = (p->>'started_at')::timestamptz, last_finished_at = clock_timestamp(),
+                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
+                            last_error = NULL, failures = 0, progress = NULL,
+                            next_run_at = clock_timestamp() + run_every
+    WHERE name = 'maintenance';
 END
 $$;
 
@@ -190,19 +260,19 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
-    parts jsonb;
-    cleaned integer;
+    r jsonb;
     result jsonb;
 BEGIN
     -- one maintenance at a time per database (the worker's, pg_cron's, a DBA's)
     PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
-    parts := tenancy._maintain_all_partitions();
-    cleaned := tenancy.cleanup_batches(coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval);
-    result := parts || jsonb_build_object('batches_cleaned', cleaned,
-                                          'duration_ms', round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1));
+    r := tenancy._maintain_tenant_partitions('', NULL);
+    result := tenancy._maintenance_finish(r) || jsonb_build_object(
+        'duration_ms', round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1));
+    -- a complete run: a run the worker has under way in steps starts over
     UPDATE tenancy.jobs SET last_started_at = t0, last_finished_at = clock_timestamp(),
                             last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
-                            last_error = NULL, failures = 0, next_run_at = clock_timestamp() + run_every
+                            last_error = NULL, failures = 0, progress = NULL,
+                            next_run_at = clock_timestamp() + run_every
     WHERE name = 'maintenance';
     RETURN result;
 END
@@ -233,7 +303,7 @@ BEGIN
         t0 := clock_timestamp();
         BEGIN
             CASE j.name
-                WHEN 'maintenance' THEN PERFORM tenancy.run_maintenance();
+                WHEN 'maintenance' THEN PERFORM tenancy._maintenance_step();
                 WHEN 'metrics' THEN PERFORM tenancy.refresh_metrics();
                 ELSE RAISE EXCEPTION 'unknown job %', j.name;
             END CASE;

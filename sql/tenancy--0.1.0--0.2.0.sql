@@ -446,7 +446,164 @@ BEGIN
 END
 $$;
 
--- the jobs' intervals follow tenancy.metrics_interval and tenancy.maintenance_interval
+
+-- DESIGN's stats view
+-- One row for dashboards: tenants by status, and the pace of provisioning
+-- over the last day (from the audit log: each provision's duration).
+CREATE VIEW tenancy.stats AS
+SELECT t.tenants, t.active, t.suspended, t.archived, t.dropped, t.failed, t.shared,
+       p.provisioned_24h, p.from_pool_24h, p.provision_p50_ms, p.provision_p95_ms
+FROM (SELECT count(*) FILTER (WHERE status <> 'dropped') AS tenants,
+             count(*) FILTER (WHERE status = 'active') AS active,
+             count(*) FILTER (WHERE status = 'suspended') AS suspended,
+             count(*) FILTER (WHERE status = 'archived') AS archived,
+             count(*) FILTER (WHERE status = 'dropped') AS dropped,
+             count(*) FILTER (WHERE status = 'failed') AS failed,
+             count(*) FILTER (WHERE isolation = 'shared' AND status <> 'dropped') AS shared
+      FROM tenancy.tenants) t,
+     (SELECT count(*) AS provisioned_24h,
+             count(*) FILTER (WHERE (a.details->>'from_pool')::boolean) AS from_pool_24h,
+             round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p50_ms,
+             round(percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p95_ms
+      FROM tenancy.audit_log a
+      WHERE a.action = 'provision' AND a.at > now() - interval '1 day') p;
+GRANT SELECT ON tenancy.stats TO tenancy_admin;
+
+-- The worker's maintenance runs in steps of tenancy.maintenance_chunk tenants,
+-- one transaction each; the jobs' intervals follow tenancy.metrics_interval
+-- and tenancy.maintenance_interval
+ALTER TABLE tenancy.jobs ADD COLUMN progress jsonb;
+DROP FUNCTION tenancy._maintain_all_partitions();
+CREATE FUNCTION tenancy._maintain_tenant_partitions(after text, max_tenants integer) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r jsonb;
+    created integer := 0;
+    dropped integer := 0;
+    skipped jsonb := '[]';
+    last text;
+    tenants integer := 0;
+    t record;
+BEGIN
+    FOR t IN
+        SELECT tn.slug, tn.schema_name, pt->>'name' AS tbl, pt->>'interval' AS unit,
+               coalesce((pt->>'premake')::int, 3) AS premake, (pt->>'retention')::interval AS retention
+        FROM (SELECT * FROM tenancy.tenants x
+              WHERE x.status IN ('active', 'suspended') AND x.isolation = 'schema' AND x.slug > after
+                AND EXISTS (SELECT 1 FROM tenancy.templates y
+                            WHERE y.name = x.template AND y.version = x.template_version
+                              AND jsonb_array_length(coalesce(y.spec->'partitioned_tables', '[]')) > 0)
+              ORDER BY x.slug LIMIT max_tenants) tn
+        JOIN tenancy.templates tp ON tp.name = tn.template AND tp.version = tn.template_version
+        CROSS JOIN LATERAL jsonb_array_elements(tp.spec->'partitioned_tables') pt
+        ORDER BY tn.slug
+    LOOP
+        tenants := tenants + (last IS DISTINCT FROM t.slug)::int;
+        last := t.slug;
+        CONTINUE WHEN to_regclass(format('%I.%I', t.schema_name, t.tbl)) IS NULL;
+        r := tenancy._maintain_partitions(format('%I.%I', t.schema_name, t.tbl)::regclass,
+                                          CASE t.unit WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week'
+                                                      WHEN 'monthly' THEN 'month' WHEN 'yearly' THEN 'year'
+                                                      ELSE split_part(t.unit, ' ', -1) END,
+                                          t.premake, t.retention);
+        created := created + (r->>'created')::int;
+        dropped := dropped + (r->>'dropped')::int;
+        skipped := skipped || (r->'skipped');
+    END LOOP;
+    RETURN jsonb_build_object('created', created, 'dropped', dropped, 'skipped', skipped,
+                              'tenants', tenants, 'last', last);
+END
+$$;
+CREATE FUNCTION tenancy._maintenance_finish(sums jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r jsonb;
+    created integer := (sums->>'created')::int;
+    dropped integer := (sums->>'dropped')::int;
+    skipped jsonb := sums->'skipped';
+    cleaned integer;
+BEGIN
+    r := tenancy._maintain_partitions('tenancy.tenant_metrics', 'month', 3,
+                                      nullif(current_setting('tenancy.metrics_retention', true), '')::interval);
+    created := created + (r->>'created')::int;
+    dropped := dropped + (r->>'dropped')::int;
+    skipped := skipped || (r->'skipped');
+    -- the audit log last: its lock (every lifecycle operation writes to it)
+    -- is then held only until this transaction commits, just after
+    r := tenancy._maintain_partitions('tenancy.audit_log', 'month', 3,
+                                      nullif(current_setting('tenancy.audit_retention', true), '')::interval);
+    created := created + (r->>'created')::int;
+    dropped := dropped + (r->>'dropped')::int;
+    skipped := skipped || (r->'skipped');
+    cleaned := tenancy.cleanup_batches(coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval);
+    RETURN jsonb_build_object('partitions_created', created, 'partitions_dropped', dropped,
+                              'partitions_skipped', skipped, 'batches_cleaned', cleaned);
+END
+$$;
+CREATE FUNCTION tenancy._maintenance_step() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    j tenancy.jobs;
+    p jsonb;
+    r jsonb;
+    result jsonb;
+    chunk integer := coalesce(nullif(current_setting('tenancy.maintenance_chunk', true), '')::int, 100);
+BEGIN
+    PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
+    SELECT * INTO j FROM tenancy.jobs WHERE name = 'maintenance';
+    p := coalesce(j.progress, jsonb_build_object('after', '', 'created', 0, 'dropped', 0, 'skipped', '[]'::jsonb,
+                                                 'steps', 0, 'started_at', clock_timestamp()));
+    r := tenancy._maintain_tenant_partitions(p->>'after', chunk);
+    p := p || jsonb_build_object('created', (p->>'created')::int + (r->>'created')::int,
+                                 'dropped', (p->>'dropped')::int + (r->>'dropped')::int,
+                                 'skipped', (p->'skipped') || (r->'skipped'),
+                                 'steps', (p->>'steps')::int + 1);
+    IF (r->>'tenants')::int = chunk THEN
+        -- maybe more tenants: due again at once, from where this step stopped
+        UPDATE tenancy.jobs SET progress = p || jsonb_build_object('after', r->>'last'),
+                                next_run_at = clock_timestamp()
+        WHERE name = 'maintenance';
+        RETURN;
+    END IF;
+    result := tenancy._maintenance_finish(p) || jsonb_build_object(
+        'transactions', (p->>'steps')::int,
+        'duration_ms', round((extract(epoch FROM clock_timestamp() - (p->>'started_at')::timestamptz) * 1000)::numeric, 1));
+    UPDATE tenancy.jobs SET last_started_at = (p->>'started_at')::timestamptz, last_finished_at = clock_timestamp(),
+                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
+                            last_error = NULL, failures = 0, progress = NULL,
+                            next_run_at = clock_timestamp() + run_every
+    WHERE name = 'maintenance';
+END
+$$;
+CREATE OR REPLACE FUNCTION tenancy.run_maintenance() RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+    r jsonb;
+    result jsonb;
+BEGIN
+    -- one maintenance at a time per database (the worker's, pg_cron's, a DBA's)
+    PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
+    r := tenancy._maintain_tenant_partitions('', NULL);
+    result := tenancy._maintenance_finish(r) || jsonb_build_object(
+        'duration_ms', round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1));
+    -- a complete run: a run the worker has under way in steps starts over
+    UPDATE tenancy.jobs SET last_started_at = t0, last_finished_at = clock_timestamp(),
+                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
+                            last_error = NULL, failures = 0, progress = NULL,
+                            next_run_at = clock_timestamp() + run_every
+    WHERE name = 'maintenance';
+    RETURN result;
+END
+$$;
 CREATE OR REPLACE FUNCTION tenancy._run_due_jobs() RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -470,7 +627,7 @@ BEGIN
         t0 := clock_timestamp();
         BEGIN
             CASE j.name
-                WHEN 'maintenance' THEN PERFORM tenancy.run_maintenance();
+                WHEN 'maintenance' THEN PERFORM tenancy._maintenance_step();
                 WHEN 'metrics' THEN PERFORM tenancy.refresh_metrics();
                 ELSE RAISE EXCEPTION 'unknown job %', j.name;
             END CASE;
@@ -490,26 +647,17 @@ BEGIN
     RETURN n;
 END
 $$;
-ALTER FUNCTION tenancy._run_due_jobs() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-
--- DESIGN's stats view
--- One row for dashboards: tenants by status, and the pace of provisioning
--- over the last day (from the audit log: each provision's duration).
-CREATE VIEW tenancy.stats AS
-SELECT t.tenants, t.active, t.suspended, t.archived, t.dropped, t.failed, t.shared,
-       p.provisioned_24h, p.from_pool_24h, p.provision_p50_ms, p.provision_p95_ms
-FROM (SELECT count(*) FILTER (WHERE status <> 'dropped') AS tenants,
-             count(*) FILTER (WHERE status = 'active') AS active,
-             count(*) FILTER (WHERE status = 'suspended') AS suspended,
-             count(*) FILTER (WHERE status = 'archived') AS archived,
-             count(*) FILTER (WHERE status = 'dropped') AS dropped,
-             count(*) FILTER (WHERE status = 'failed') AS failed,
-             count(*) FILTER (WHERE isolation = 'shared' AND status <> 'dropped') AS shared
-      FROM tenancy.tenants) t,
-     (SELECT count(*) AS provisioned_24h,
-             count(*) FILTER (WHERE (a.details->>'from_pool')::boolean) AS from_pool_24h,
-             round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p50_ms,
-             round(percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p95_ms
-      FROM tenancy.audit_log a
-      WHERE a.action = 'provision' AND a.at > now() - interval '1 day') p;
-GRANT SELECT ON tenancy.stats TO tenancy_admin;
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['tenancy._maintain_tenant_partitions(text, integer)', 'tenancy._maintenance_finish(jsonb)',
+                             'tenancy._maintenance_step()', 'tenancy.run_maintenance()', 'tenancy._run_due_jobs()']::regprocedure[] LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION tenancy._maintain_tenant_partitions(text, integer), tenancy._maintenance_finish(jsonb),
+                       tenancy._maintenance_step() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._maintain_tenant_partitions(text, integer), tenancy._maintenance_finish(jsonb),
+                          tenancy._maintenance_step() TO tenancy_admin;

@@ -8,6 +8,7 @@ pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
 // read by tenancy._run_due_jobs() through current_setting()
 static METRICS_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 static MAINTENANCE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
+static MAINTENANCE_CHUNK: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static RECYCLE_AFTER: GucSetting<i32> = GucSetting::<i32>::new(200);
 pub static RETRY_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(3);
 pub static RETRY_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -83,6 +84,16 @@ pub fn register() {
         7 * 24 * 3600,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.maintenance_chunk",
+        c"Tenants whose partitions the worker's maintenance does in one transaction.",
+        c"A run over more tenants takes several transactions, so it never holds a lock on every tenant table at once.",
+        &MAINTENANCE_CHUNK,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"tenancy.max_workers",

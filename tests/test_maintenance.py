@@ -201,3 +201,33 @@ def test_job_intervals_follow_the_settings(db):
         with connect("postgres", autocommit=True) as admin:
             admin.execute("ALTER SYSTEM RESET tenancy.metrics_interval")
             admin.execute("SELECT pg_reload_conf()")
+
+
+def test_worker_maintenance_runs_in_steps(db):
+    """The worker's maintenance does tenancy.maintenance_chunk tenants per
+    transaction, so a run over thousands never holds every table's lock."""
+    db.execute("SELECT tenancy.register_template('ev', %s)", (EVENTS,))
+    slugs = [f"ev{i}" for i in range(1, 6)]
+    for slug in slugs:
+        db.execute("SELECT tenancy.provision(%s, NULL, 'ev')", (slug,))
+    last_month = db.execute("SELECT to_char(date_trunc('month', localtimestamp) + interval '2 months', 'YYYYMMDD')").fetchone()[0]
+    for slug in slugs:
+        db.execute(f"DROP TABLE tenant_{slug}.events_p{last_month}")
+    with connect("postgres", autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET tenancy.maintenance_chunk = 2")
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(1)  # the scheduler reads the setting at its next pass
+        t0 = db.execute("UPDATE tenancy.jobs SET next_run_at = now() WHERE name = 'maintenance' RETURNING now()").fetchone()[0]
+        result = wait_for(lambda: db.execute("SELECT last_result FROM tenancy.jobs WHERE name = 'maintenance' "
+                                             "AND last_finished_at > %s", (t0,)).fetchone(),
+                          timeout=60, what="a maintenance run by the worker")[0]
+        assert result["transactions"] == 3, result  # 2 + 2 + 1 tenants
+        assert result["partitions_created"] >= 5, result
+        for slug in slugs:
+            assert f"events_p{last_month}" in partitions(db, f"tenant_{slug}.events")
+        assert db.execute("SELECT progress FROM tenancy.jobs WHERE name = 'maintenance'").fetchone()[0] is None
+    finally:
+        with connect("postgres", autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET tenancy.maintenance_chunk")
+            admin.execute("SELECT pg_reload_conf()")
