@@ -57,6 +57,7 @@ fn health() -> JsonB {
     let maintenance = query_json(
         "SELECT jsonb_build_object(\
            'last_run', j.last_finished_at, 'last_error', j.last_error, 'failures', j.failures, \
+           'run_in_progress', j.progress, \
            'audit_log_months_ahead', (SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
                WHERE i.inhparent = 'tenancy.audit_log'::regclass AND c.relname ~ '_p[0-9]{8}$' \
                  AND to_date(right(c.relname, 8), 'YYYYMMDD') > date_trunc('month', localtimestamp))) \
