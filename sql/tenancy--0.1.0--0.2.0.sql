@@ -180,7 +180,7 @@ BEGIN
     );
     COMMENT ON SCHEMA tenancy_saved IS
         'tenancy: the catalog saved by DROP EXTENSION tenancy; SELECT * FROM tenancy.adopt_schemas() takes it back';
-    DELETE FROM tenancy_saved.catalog;
+    -- added to what an earlier drop saved and nobody adopted: never lost
     INSERT INTO tenancy_saved.catalog (kind, data)
     SELECT 'template', to_jsonb(t) FROM tenancy.templates t WHERE NOT t.shipped
     UNION ALL
@@ -218,16 +218,17 @@ BEGIN
             USING ERRCODE = 'undefined_table',
                   HINT = 'DROP EXTENSION tenancy saves it; nothing was dropped here, or it was adopted already.';
     END IF;
-    FOR r IN SELECT c.data FROM tenancy_saved.catalog c WHERE c.kind = 'template' LOOP
+    FOR r IN SELECT c.data FROM tenancy_saved.catalog c WHERE c.kind = 'template' ORDER BY c.saved_at DESC LOOP
         INSERT INTO tenancy.templates SELECT (jsonb_populate_record(NULL::tenancy.templates, r.data)).*
         ON CONFLICT DO NOTHING;
     END LOOP;
-    FOR r IN SELECT c.data FROM tenancy_saved.catalog c WHERE c.kind = 'pool_setting' LOOP
+    FOR r IN SELECT c.data FROM tenancy_saved.catalog c WHERE c.kind = 'pool_setting' ORDER BY c.saved_at DESC LOOP
         INSERT INTO tenancy.pool_settings SELECT (jsonb_populate_record(NULL::tenancy.pool_settings, r.data)).*
         ON CONFLICT DO NOTHING;
     END LOOP;
+    -- the newest save of a tenant wins; an older one is reported as skipped
     FOR r IN SELECT c.data, c.saved_at FROM tenancy_saved.catalog c WHERE c.kind = 'tenant'
-             ORDER BY c.data->>'created_at' LOOP
+             ORDER BY c.saved_at DESC, c.data->>'created_at' LOOP
         t := jsonb_populate_record(NULL::tenancy.tenants, r.data);
         slug := t.slug;
         isolation := t.isolation;

@@ -113,3 +113,15 @@ def test_adopt_is_for_superusers(db):
                 db.execute("SELECT * FROM tenancy.adopt_schemas()")
     finally:
         db.execute("DROP ROLE adopt_tester")
+
+
+def test_a_second_drop_before_adopting_keeps_the_first_save(db):
+    db.execute("SELECT tenancy.provision('first_gen')")
+    db.execute("DROP EXTENSION tenancy")
+    db.execute("CREATE EXTENSION tenancy")
+    # not adopted; a tenant of the new install, then a second drop
+    db.execute("SELECT tenancy.provision('second_gen')")
+    db.execute("DROP EXTENSION tenancy")
+    db.execute("CREATE EXTENSION tenancy")
+    rows = db.execute("SELECT slug, result FROM tenancy.adopt_schemas() ORDER BY slug").fetchall()
+    assert rows == [("first_gen", "adopted"), ("second_gen", "adopted")]
