@@ -69,6 +69,9 @@ GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO tenancy_admin;
 -- adopting makes roles and policies from a table anyone with CREATE could
 -- have written: superusers only
 REVOKE EXECUTE ON FUNCTION tenancy.adopt_schemas() FROM tenancy_admin;
+-- ALL FUNCTIONS leaves procedures out
+REVOKE ALL ON PROCEDURE tenancy.run_worker_pass(integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE tenancy.run_worker_pass(integer, integer) TO tenancy_admin;
 -- set_tenant reads the catalog as the owner, but must not pin search_path:
 -- setting it (for a schema tenant) is part of its job. Its own queries run
 -- with a safe search_path inside.

@@ -323,3 +323,38 @@ BEGIN
     RETURN n;
 END
 $$;
+
+-- What one pass of the background worker does, in the calling session,
+-- committing after each unit of work: queued items, warm-pool schemas and
+-- dropped tenants' tables one transaction each, then the periodic jobs that
+-- are due (maintenance step by step). For pg_cron where the worker is not
+-- preloaded: a crash loses at most the unit under way. A procedure (CALL,
+-- outside a transaction block), without SET options or SECURITY DEFINER,
+-- which would forbid its COMMITs: everything it calls is qualified.
+CREATE PROCEDURE tenancy.run_worker_pass(max_items integer DEFAULT 1000, INOUT units integer DEFAULT 0)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    did boolean;
+BEGIN
+    IF max_items IS NULL OR max_items < 1 THEN
+        RAISE EXCEPTION 'max_items must be at least 1, not %', max_items
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    units := 0;
+    WHILE units < max_items LOOP
+        did := tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work();
+        COMMIT;
+        EXIT WHEN NOT did;
+        units := units + 1;
+    END LOOP;
+    PERFORM tenancy._finalize_batches();
+    COMMIT;
+    LOOP
+        PERFORM tenancy._run_due_jobs();
+        COMMIT;
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM tenancy.jobs j
+                              WHERE j.progress IS NOT NULL AND j.next_run_at <= pg_catalog.clock_timestamp());
+    END LOOP;
+END
+$$;

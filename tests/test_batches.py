@@ -225,3 +225,33 @@ def test_wait_batch_in_the_queueing_transaction_fails_at_once(db):
     with pytest.raises(errors.ObjectNotInPrerequisiteState, match="cannot start before it commits"):
         db.execute("""SELECT tenancy.wait_batch(tenancy.provision_batch('[{"slug": "too_soon"}]'), '1 hour')""")
     assert db.execute("SELECT count(*) FROM tenancy.batches").fetchone()[0] == 0
+
+
+def test_run_worker_pass_commits_each_unit_and_the_worker_waits_for_pg_restore(fresh_db):
+    """CALL tenancy.run_worker_pass() does the worker's work in the calling
+    session (for pg_cron without the worker), committing after each item:
+    from another session the first items are visible while a later one is
+    still being made. The worker itself is held off this database by a
+    session named pg_restore (as during a restore)."""
+    with connect(fresh_db, autocommit=True, application_name="pg_restore"), \
+            connect(fresh_db, autocommit=True) as db, connect(fresh_db, autocommit=True) as watch:
+        db.execute("""SELECT tenancy.register_template('slow', '{"tables": ["CREATE TABLE t (id int)", "SELECT pg_sleep(3)"]}')""")
+        batch = db.execute("SELECT tenancy.provision_batch(%s)", (
+            '[{"slug": "pass1"}, {"slug": "pass2"}, {"slug": "pass3", "template": "slow"}]',)).fetchone()[0]
+        time.sleep(2)  # a worker would have done them by now
+        states = "SELECT status, count(*) FROM tenancy.batch_items WHERE batch_id = %s GROUP BY 1"
+        assert dict(watch.execute(states, (batch,)).fetchall()) == {"queued": 3}
+
+        result = {}
+        t = threading.Thread(target=lambda: result.update(
+            units=db.execute("CALL tenancy.run_worker_pass(10)").fetchone()[0]))
+        t.start()
+        wait_for(lambda: dict(watch.execute(states, (batch,)).fetchall()) == {"succeeded": 2, "queued": 1},
+                 timeout=30, what="the first two items committed while the third is made")
+        t.join(30)
+        assert result["units"] == 3
+        assert dict(watch.execute(states, (batch,)).fetchall()) == {"succeeded": 3}
+        assert watch.execute("SELECT status FROM tenancy.batches WHERE id = %s", (batch,)).fetchone()[0] == "completed"
+        with pytest.raises(errors.InvalidTransactionTermination):
+            with db.transaction():
+                db.execute("CALL tenancy.run_worker_pass(1)")

@@ -1,6 +1,6 @@
-"""pg_cron beside the worker: a cron job calling tenancy.run_maintenance()
-and tenancy.process_queue() runs in a tenant database (the documented way to
-run without the worker)."""
+"""pg_cron beside the worker: cron jobs calling tenancy.run_maintenance()
+and tenancy.process_queue(), and CALL tenancy.run_worker_pass(), run in a
+tenant database (the documented ways to run without the worker)."""
 
 import pytest
 
@@ -19,6 +19,9 @@ def test_pg_cron_job_runs_maintenance_and_process_queue(db, fresh_db):
             "'SELECT tenancy.run_maintenance(); INSERT INTO public.queue_runs (processed) SELECT tenancy.process_queue(100)', %s)",
             (fresh_db,),
         ).fetchone()[0]
+        call_job = pg.execute(
+            "SELECT cron.schedule_in_database('tenancy-pass-test', '* * * * *', "
+            "'CALL tenancy.run_worker_pass(100)', %s)", (fresh_db,)).fetchone()[0]
         try:
             # pg_cron 1.4 runs at most once a minute
             run = wait_for(
@@ -29,5 +32,12 @@ def test_pg_cron_job_runs_maintenance_and_process_queue(db, fresh_db):
             assert run[0] == "succeeded", run
             assert db.execute("SELECT count(*) FROM public.queue_runs").fetchone()[0] >= 1
             assert db.execute("SELECT count(*) FROM tenancy.tenants WHERE slug = 'cron1'").fetchone()[0] == 1
+            run = wait_for(
+                lambda: pg.execute(
+                    "SELECT status, return_message FROM cron.job_run_details WHERE jobid = %s AND status IN ('succeeded', 'failed')",
+                    (call_job,)).fetchone(),
+                timeout=90, interval=1, what="the CALL job to run")
+            assert run[0] == "succeeded", run
         finally:
             pg.execute("SELECT cron.unschedule(%s)", (job,))
+            pg.execute("SELECT cron.unschedule(%s)", (call_job,))
