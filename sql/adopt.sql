@@ -103,9 +103,7 @@ BEGIN
     -- the policies of shared tables went with the extension
     FOR s IN SELECT DISTINCT tenancy._access_schema(x) FROM tenancy.tenants x
              WHERE x.isolation = 'shared' AND x.status <> 'dropped' LOOP
-        PERFORM tenancy.enable_rls(c.oid::regclass) FROM pg_class c
-        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-        WHERE c.relnamespace = to_regnamespace(quote_ident(s)) AND c.relkind IN ('r', 'p') AND NOT c.relispartition;
+        PERFORM tenancy.enable_rls(tbl) FROM tenancy._shared_tables(s) tbl;
     END LOOP;
     FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE 'tenancy\_pool\_%'
              AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP

@@ -66,10 +66,8 @@ BEGIN
             n bigint;
             per_table jsonb := '{}';
         BEGIN
-            FOR r IN SELECT c.oid::regclass AS tbl, c.relname FROM pg_class c
-                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-                     WHERE c.relnamespace = to_regnamespace(quote_ident(schema_now)) AND c.relkind IN ('r', 'p')
-                       AND NOT c.relispartition ORDER BY c.relname LOOP
+            FOR r IN SELECT tbl, c.relname FROM tenancy._shared_tables(schema_now) tbl
+                     JOIN pg_class c ON c.oid = tbl ORDER BY c.relname LOOP
                 EXECUTE format('SELECT count(*) FROM %s WHERE tenant_id = $1', r.tbl) INTO n USING t.id;
                 per_table := per_table || jsonb_build_object(r.relname, n);
                 row_estimate := row_estimate + n;

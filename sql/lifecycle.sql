@@ -116,6 +116,19 @@ BEGIN
 END
 $$;
 
+-- The tables of a shared schema that hold tenants' rows (those with a
+-- tenant_id column), in the order they were made.
+CREATE FUNCTION tenancy._shared_tables(schema_name name) RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid::regclass FROM pg_class c
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+    WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND c.relkind IN ('r', 'p')
+      AND NOT c.relispartition
+    ORDER BY c.oid
+$$;
+
 -- The schema whose USAGE the tenant's role gets: its own, or for a shared
 -- tenant the template's shared schema.
 CREATE FUNCTION tenancy._access_schema(t tenancy.tenants) RETURNS name
@@ -189,11 +202,8 @@ BEGIN
         DECLARE
             r record;
         BEGIN
-            FOR r IN SELECT c.oid::regclass AS tbl FROM pg_class c
-                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-                     WHERE c.relnamespace = to_regnamespace(quote_ident(tenancy._access_schema(t)))
-                       AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-                     ORDER BY c.oid DESC LOOP
+            FOR r IN SELECT tbl FROM tenancy._shared_tables(tenancy._access_schema(t)) tbl
+                     ORDER BY tbl::oid DESC LOOP
                 EXECUTE format('DELETE FROM %s WHERE tenant_id = $1', r.tbl) USING t.id;
             END LOOP;
         END;

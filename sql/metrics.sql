@@ -41,11 +41,10 @@ BEGIN
         SELECT c.oid::regclass AS tbl, greatest(c.reltuples, 1) AS est_rows,
                pg_total_relation_size(c.oid) AS total, pg_relation_size(c.oid) AS heap,
                pg_indexes_size(c.oid) AS idx
-        FROM pg_class c
-        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-          AND c.relnamespace IN (SELECT to_regnamespace(quote_ident(tenancy._access_schema(t)))
-                                 FROM tenancy.tenants t WHERE t.isolation = 'shared')
+        FROM (SELECT DISTINCT tenancy._access_schema(t) AS schema_name
+              FROM tenancy.tenants t WHERE t.isolation = 'shared') sch
+        CROSS JOIN LATERAL tenancy._shared_tables(sch.schema_name) tbl
+        JOIN pg_class c ON c.oid = tbl
     LOOP
         UPDATE tenancy_metrics_now SET table_count = table_count + 1 WHERE isolation = 'shared';
         EXECUTE format(

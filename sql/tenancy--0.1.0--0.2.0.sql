@@ -50,10 +50,8 @@ BEGIN
             n bigint;
             per_table jsonb := '{}';
         BEGIN
-            FOR r IN SELECT c.oid::regclass AS tbl, c.relname FROM pg_class c
-                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-                     WHERE c.relnamespace = to_regnamespace(quote_ident(schema_now)) AND c.relkind IN ('r', 'p')
-                       AND NOT c.relispartition ORDER BY c.relname LOOP
+            FOR r IN SELECT tbl, c.relname FROM tenancy._shared_tables(schema_now) tbl
+                     JOIN pg_class c ON c.oid = tbl ORDER BY c.relname LOOP
                 EXECUTE format('SELECT count(*) FROM %s WHERE tenant_id = $1', r.tbl) INTO n USING t.id;
                 per_table := per_table || jsonb_build_object(r.relname, n);
                 row_estimate := row_estimate + n;
@@ -254,9 +252,7 @@ BEGIN
     -- the policies of shared tables went with the extension
     FOR s IN SELECT DISTINCT tenancy._access_schema(x) FROM tenancy.tenants x
              WHERE x.isolation = 'shared' AND x.status <> 'dropped' LOOP
-        PERFORM tenancy.enable_rls(c.oid::regclass) FROM pg_class c
-        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-        WHERE c.relnamespace = to_regnamespace(quote_ident(s)) AND c.relkind IN ('r', 'p') AND NOT c.relispartition;
+        PERFORM tenancy.enable_rls(tbl) FROM tenancy._shared_tables(s) tbl;
     END LOOP;
     FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE 'tenancy\_pool\_%'
              AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP
@@ -699,3 +695,148 @@ END
 $$;
 REVOKE ALL ON PROCEDURE tenancy.run_worker_pass(integer, integer) FROM PUBLIC;
 GRANT EXECUTE ON PROCEDURE tenancy.run_worker_pass(integer, integer) TO tenancy_admin;
+
+-- one helper for the tables of a shared schema that hold tenants' rows
+CREATE FUNCTION tenancy._shared_tables(schema_name name) RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid::regclass FROM pg_class c
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+    WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND c.relkind IN ('r', 'p')
+      AND NOT c.relispartition
+    ORDER BY c.oid
+$$;
+REVOKE ALL ON FUNCTION tenancy._shared_tables(name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._shared_tables(name) TO tenancy_admin;
+CREATE OR REPLACE FUNCTION tenancy.drop_tenant(tenant text, keep_data boolean DEFAULT false) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants := tenancy._tenant_for_update(tenant);
+    before tenancy.tenant_status := t.status;
+    trash name;
+BEGIN
+    IF t.status IN ('dropped') OR (keep_data AND t.status = 'archived') THEN
+        RAISE EXCEPTION 'tenant "%" is already %', t.slug, t.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF keep_data THEN
+        -- archive: renamed out of the way, no access, restorable by resume
+        IF t.role_name IS NOT NULL AND t.status <> 'suspended' THEN
+            EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', tenancy._access_schema(t), t.role_name);
+        END IF;
+        IF t.isolation = 'schema' THEN
+            EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, tenancy._archive_name(t));
+        END IF;
+        UPDATE tenancy.tenants SET status = 'archived', updated_at = now() WHERE id = t.id RETURNING * INTO t;
+        PERFORM tenancy._audit('archive', t, jsonb_build_object('before', before, 'after', 'archived',
+                                                               'schema', tenancy._archive_name(t)));
+        RETURN t;
+    END IF;
+    -- drop: the schema leaves the tenant namespace at once (a rename locks
+    -- only the schema); its tables are dropped in chunks by the worker or
+    -- process_queue, so thousands of tables never need a lock each in one
+    -- transaction
+    trash := ('tenancy_trash_' || substr(replace(t.id::text, '-', ''), 1, 16))::name;
+    IF t.isolation = 'shared' THEN
+        -- its rows in the shared tables; foreign keys cascade from the
+        -- tables made first, so go from the last made to the first
+        DECLARE
+            r record;
+        BEGIN
+            FOR r IN SELECT tbl FROM tenancy._shared_tables(tenancy._access_schema(t)) tbl
+                     ORDER BY tbl::oid DESC LOOP
+                EXECUTE format('DELETE FROM %s WHERE tenant_id = $1', r.tbl) USING t.id;
+            END LOOP;
+        END;
+        trash := NULL;
+    ELSIF t.status = 'archived' THEN
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', tenancy._archive_name(t), trash);
+    ELSIF t.schema_name IS NOT NULL AND to_regnamespace(quote_ident(t.schema_name)) IS NOT NULL THEN
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, trash);
+    END IF;
+    PERFORM tenancy._drop_tenant_role(t.role_name);
+    UPDATE tenancy.tenants
+    SET status = 'dropped', dropped_at = now(), updated_at = now(), domain = NULL
+    WHERE id = t.id RETURNING * INTO t;
+    PERFORM tenancy._audit('drop', t, jsonb_build_object('before', before, 'after', 'dropped', 'trash_schema', trash));
+    PERFORM tenancy._wake_worker();
+    RETURN t;
+END
+$$;
+CREATE OR REPLACE FUNCTION tenancy.refresh_metrics() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer;
+    st record;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS tenancy_metrics_now (
+        tenant_id uuid, isolation text, table_count integer, row_estimate bigint, total_bytes bigint,
+        table_bytes bigint, index_bytes bigint, toast_bytes bigint, dead_tuples bigint,
+        last_vacuum timestamptz, last_analyze timestamptz, seq_scans_total bigint, idx_scans_total bigint
+    ) ON COMMIT DROP;
+    TRUNCATE tenancy_metrics_now;
+
+    INSERT INTO tenancy_metrics_now
+    SELECT t.id, 'schema', count(c.oid)::int, coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,
+           coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(pg_relation_size(c.oid)), 0),
+           coalesce(sum(pg_indexes_size(c.oid)), 0),
+           coalesce(sum(CASE WHEN c.reltoastrelid <> 0 THEN pg_total_relation_size(c.reltoastrelid) ELSE 0 END), 0),
+           sum(s.n_dead_tup), max(greatest(s.last_vacuum, s.last_autovacuum)),
+           max(greatest(s.last_analyze, s.last_autoanalyze)), sum(s.seq_scan), sum(s.idx_scan)
+    FROM tenancy.tenants t
+    JOIN pg_namespace n ON n.nspname = t.schema_name
+    LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
+    LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+    WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
+    GROUP BY t.id;
+
+    -- shared tenants: zero rows first, then each shared table's share
+    INSERT INTO tenancy_metrics_now
+    SELECT t.id, 'shared', 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL
+    FROM tenancy.tenants t WHERE t.isolation = 'shared' AND t.status IN ('active', 'suspended');
+    FOR st IN
+        SELECT c.oid::regclass AS tbl, greatest(c.reltuples, 1) AS est_rows,
+               pg_total_relation_size(c.oid) AS total, pg_relation_size(c.oid) AS heap,
+               pg_indexes_size(c.oid) AS idx
+        FROM (SELECT DISTINCT tenancy._access_schema(t) AS schema_name
+              FROM tenancy.tenants t WHERE t.isolation = 'shared') sch
+        CROSS JOIN LATERAL tenancy._shared_tables(sch.schema_name) tbl
+        JOIN pg_class c ON c.oid = tbl
+    LOOP
+        UPDATE tenancy_metrics_now SET table_count = table_count + 1 WHERE isolation = 'shared';
+        EXECUTE format(
+            'UPDATE tenancy_metrics_now m SET row_estimate = m.row_estimate + x.n, '
+            'total_bytes = m.total_bytes + (%s * x.n / %s)::bigint, table_bytes = m.table_bytes + (%s * x.n / %s)::bigint, '
+            'index_bytes = m.index_bytes + (%s * x.n / %s)::bigint '
+            'FROM (SELECT tenant_id, count(*) AS n FROM %s GROUP BY tenant_id) x '
+            'WHERE m.tenant_id = x.tenant_id AND m.isolation = ''shared''',
+            st.total, st.est_rows, st.heap, st.est_rows, st.idx, st.est_rows, st.tbl);
+    END LOOP;
+
+    INSERT INTO tenancy.tenant_metrics (tenant_id, collected_at, isolation, table_count, row_estimate,
+        total_bytes, table_bytes, index_bytes, toast_bytes, dead_tuples, last_vacuum, last_analyze,
+        seq_scans, idx_scans, seq_scans_total, idx_scans_total)
+    SELECT m.tenant_id, now_ts, m.isolation, m.table_count, m.row_estimate, m.total_bytes, m.table_bytes,
+           m.index_bytes, m.toast_bytes, m.dead_tuples, m.last_vacuum, m.last_analyze,
+           greatest(m.seq_scans_total - prev.seq_scans_total, 0), greatest(m.idx_scans_total - prev.idx_scans_total, 0),
+           m.seq_scans_total, m.idx_scans_total
+    FROM tenancy_metrics_now m
+    LEFT JOIN LATERAL (SELECT p.seq_scans_total, p.idx_scans_total FROM tenancy.tenant_metrics p
+                       WHERE p.tenant_id = m.tenant_id ORDER BY p.collected_at DESC LIMIT 1) prev ON true;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    UPDATE tenancy.jobs SET last_finished_at = clock_timestamp(), last_started_at = now_ts,
+                            last_duration_ms = extract(epoch FROM clock_timestamp() - now_ts) * 1000,
+                            last_result = jsonb_build_object('tenants', n), last_error = NULL, failures = 0,
+                            next_run_at = clock_timestamp() + run_every
+    WHERE name = 'metrics';
+    RETURN n;
+END
+$$;
+ALTER FUNCTION tenancy.drop_tenant(text, boolean) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION tenancy.refresh_metrics() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
