@@ -109,6 +109,13 @@ unsafe extern "C-unwind" fn process_utility(
             }
         } else if !stmt.is_null() && drops_tenancy(stmt) {
             stop_workers_of(pg_sys::MyDatabaseId, EXTENSION_PAUSE_MS);
+            // and wait for a worker transaction under way (one may be
+            // starting that the signal missed) before the drop takes locks
+            Spi::run(&format!(
+                "SELECT pg_catalog.pg_advisory_xact_lock({})",
+                super::DROP_LOCK_SQL
+            ))
+            .unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
         }
         match PREV_PROCESS_UTILITY {
             Some(prev) => prev(

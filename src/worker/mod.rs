@@ -89,6 +89,22 @@ pub fn do_queued_work(what: &str) -> bool {
 
 /// Runs `f` in a transaction of its own; an ERROR inside aborts that
 /// transaction and is logged instead of ending the process.
+/// The advisory lock (shared by every worker transaction, exclusive for a
+/// `DROP EXTENSION tenancy`, see hooks.rs) that keeps the drop from starting
+/// while a worker transaction is under way.
+pub const DROP_LOCK_SQL: &str = "pg_catalog.hashtext('tenancy.worker')";
+
+/// Worker transactions take the drop lock in shared mode first: a DROP
+/// EXTENSION waits for the one under way, and makes the next one wait, then
+/// fail on lock_timeout and retry later, instead of the two taking each
+/// other's locks in opposite orders (a deadlock).
+fn hold_off_extension_drop() {
+    Spi::run(&format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock_shared({DROP_LOCK_SQL})"
+    ))
+    .unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
+}
+
 pub fn try_transaction<R, F>(what: &str, f: F) -> Option<R>
 where
     F: FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
@@ -98,19 +114,22 @@ where
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let result = PgTryBuilder::new(|| Some(f()))
-        .catch_others(|e| {
-            let msg = match &e {
-                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
-                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
-                pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
-                    ereport.message().to_string()
-                }
-            };
-            log!("tenancy: {what} skipped: {msg}");
-            None
-        })
-        .execute();
+    let result = PgTryBuilder::new(|| {
+        hold_off_extension_drop();
+        Some(f())
+    })
+    .catch_others(|e| {
+        let msg = match &e {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+            | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+            pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
+                ereport.message().to_string()
+            }
+        };
+        log!("tenancy: {what} skipped: {msg}");
+        None
+    })
+    .execute();
     unsafe {
         if result.is_some() {
             pg_sys::PopActiveSnapshot();
