@@ -57,7 +57,7 @@ fn health() -> JsonB {
     let maintenance = query_json(
         "SELECT jsonb_build_object(\
            'last_run', j.last_finished_at, 'last_error', j.last_error, 'failures', j.failures, \
-           'run_in_progress', j.progress, \
+           'run_in_progress', to_jsonb(j) -> 'progress', \
            'audit_log_months_ahead', (SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
                WHERE i.inhparent = 'tenancy.audit_log'::regclass AND c.relname ~ '_p[0-9]{8}$' \
                  AND to_date(right(c.relname, 8), 'YYYYMMDD') > date_trunc('month', localtimestamp))) \
@@ -69,7 +69,16 @@ fn health() -> JsonB {
     );
     let timescaledb = timescaledb_state();
     // each problem with what it takes off the score
+    let library = env!("CARGO_PKG_VERSION");
+    let installed = one_or_none(Spi::get_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'tenancy'",
+    ))
+    .unwrap_or_default();
     let mut problems: Vec<(i64, String)> = Vec::new();
+    if installed != library {
+        // a new library is loaded but this database still has the old SQL
+        problems.push((20, format!("the extension here is version {installed} and the library {library}: run ALTER EXTENSION tenancy UPDATE")));
+    }
     if worker.get("preloaded") == Some(&json!(false)) {
         problems.push((40, "the worker is not running: add tenancy to shared_preload_libraries, or call tenancy.process_queue() from pg_cron".into()));
     } else if worker.get("scheduler_running") != Some(&json!(true)) {
@@ -113,6 +122,7 @@ fn health() -> JsonB {
         "maintenance": maintenance,
         "tenants": tenants,
         "timescaledb": timescaledb,
+        "version": json!({"extension": installed, "library": library}),
     }))
 }
 
