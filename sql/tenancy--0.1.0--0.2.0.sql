@@ -29,6 +29,9 @@ DECLARE
     score integer := 100;
     reasons text[] := '{}';
 BEGIN
+    IF tenant IS NULL THEN
+        RETURN tenancy.health();  -- DESIGN's health(tenant DEFAULT NULL)
+    END IF;
     SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant;
     IF NOT FOUND AND tenant ~ '^[0-9a-fA-F-]{36}$' THEN
         SELECT * INTO t FROM tenancy.tenants WHERE id = tenant::uuid;

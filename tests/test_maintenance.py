@@ -231,3 +231,8 @@ def test_worker_maintenance_runs_in_steps(db):
         with connect("postgres", autocommit=True) as admin:
             admin.execute("ALTER SYSTEM RESET tenancy.maintenance_chunk")
             admin.execute("SELECT pg_reload_conf()")
+
+
+def test_health_of_null_is_the_cluster_view(db):
+    h = db.execute("SELECT tenancy.health(NULL)").fetchone()[0]
+    assert "worker" in h and "queue" in h and "tenant" not in h
