@@ -179,35 +179,49 @@ BEGIN
 END
 $$;
 
--- The extension's own partitioned tables, then old batches: the end of a
--- maintenance run. Adds to `sums` (created, dropped, skipped) and returns
--- the run's result.
-CREATE FUNCTION tenancy._maintenance_finish(sums jsonb) RETURNS jsonb
+-- The end of a maintenance run: the extension's own partitioned tables,
+-- old batches, and the run's record in tenancy.jobs (which also ends a run
+-- the worker had under way in steps). `sums` is what the tenants' part did
+-- (created, dropped, skipped, and steps when the worker did it in steps);
+-- returns the run's result.
+CREATE FUNCTION tenancy._maintenance_finish(sums jsonb, started_at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    own record;
     r jsonb;
     created integer := (sums->>'created')::int;
     dropped integer := (sums->>'dropped')::int;
     skipped jsonb := sums->'skipped';
-    cleaned integer;
+    result jsonb;
 BEGIN
-    r := tenancy._maintain_partitions('tenancy.tenant_metrics', 'month', 3,
-                                      nullif(current_setting('tenancy.metrics_retention', true), '')::interval);
-    created := created + (r->>'created')::int;
-    dropped := dropped + (r->>'dropped')::int;
-    skipped := skipped || (r->'skipped');
     -- the audit log last: its lock (every lifecycle operation writes to it)
     -- is then held only until this transaction commits, just after
-    r := tenancy._maintain_partitions('tenancy.audit_log', 'month', 3,
-                                      nullif(current_setting('tenancy.audit_retention', true), '')::interval);
-    created := created + (r->>'created')::int;
-    dropped := dropped + (r->>'dropped')::int;
-    skipped := skipped || (r->'skipped');
-    cleaned := tenancy.cleanup_batches(coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval);
-    RETURN jsonb_build_object('partitions_created', created, 'partitions_dropped', dropped,
-                              'partitions_skipped', skipped, 'batches_cleaned', cleaned);
+    FOR own IN SELECT v.parent, v.retention_setting
+               FROM (VALUES (1, 'tenancy.tenant_metrics', 'tenancy.metrics_retention'),
+                            (2, 'tenancy.audit_log', 'tenancy.audit_retention')) v(ord, parent, retention_setting)
+               ORDER BY v.ord LOOP
+        r := tenancy._maintain_partitions(own.parent::regclass, 'month', 3,
+                                          nullif(current_setting(own.retention_setting, true), '')::interval);
+        created := created + (r->>'created')::int;
+        dropped := dropped + (r->>'dropped')::int;
+        skipped := skipped || (r->'skipped');
+    END LOOP;
+    result := jsonb_build_object(
+        'partitions_created', created, 'partitions_dropped', dropped, 'partitions_skipped', skipped,
+        'batches_cleaned', tenancy.cleanup_batches(
+            coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval),
+        'duration_ms', round((extract(epoch FROM clock_timestamp() - started_at) * 1000)::numeric, 1));
+    IF sums ? 'steps' THEN
+        result := result || jsonb_build_object('transactions', (sums->>'steps')::int);
+    END IF;
+    UPDATE tenancy.jobs SET last_started_at = started_at, last_finished_at = clock_timestamp(),
+                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
+                            last_error = NULL, failures = 0, progress = NULL,
+                            next_run_at = clock_timestamp() + run_every
+    WHERE name = 'maintenance';
+    RETURN result;
 END
 $$;
 
@@ -223,7 +237,6 @@ DECLARE
     j tenancy.jobs;
     p jsonb;
     r jsonb;
-    result jsonb;
     chunk integer := coalesce(nullif(current_setting('tenancy.maintenance_chunk', true), '')::int, 100);
 BEGIN
     PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
@@ -242,14 +255,7 @@ BEGIN
         WHERE name = 'maintenance';
         RETURN;
     END IF;
-    result := tenancy._maintenance_finish(p) || jsonb_build_object(
-        'transactions', (p->>'steps')::int,
-        'duration_ms', round((extract(epoch FROM clock_timestamp() - (p->>'started_at')::timestamptz) * 1000)::numeric, 1));
-    UPDATE tenancy.jobs SET last_started_at = (p->>'started_at')::timestamptz, last_finished_at = clock_timestamp(),
-                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
-                            last_error = NULL, failures = 0, progress = NULL,
-                            next_run_at = clock_timestamp() + run_every
-    WHERE name = 'maintenance';
+    PERFORM tenancy._maintenance_finish(p, (p->>'started_at')::timestamptz);
 END
 $$;
 
@@ -260,21 +266,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
-    r jsonb;
-    result jsonb;
 BEGIN
     -- one maintenance at a time per database (the worker's, pg_cron's, a DBA's)
     PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
-    r := tenancy._maintain_tenant_partitions('', NULL);
-    result := tenancy._maintenance_finish(r) || jsonb_build_object(
-        'duration_ms', round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1));
-    -- a complete run: a run the worker has under way in steps starts over
-    UPDATE tenancy.jobs SET last_started_at = t0, last_finished_at = clock_timestamp(),
-                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
-                            last_error = NULL, failures = 0, progress = NULL,
-                            next_run_at = clock_timestamp() + run_every
-    WHERE name = 'maintenance';
-    RETURN result;
+    RETURN tenancy._maintenance_finish(tenancy._maintain_tenant_partitions('', NULL), t0);
 END
 $$;
 

@@ -516,32 +516,44 @@ BEGIN
                               'tenants', tenants, 'last', last);
 END
 $$;
-CREATE FUNCTION tenancy._maintenance_finish(sums jsonb) RETURNS jsonb
+CREATE FUNCTION tenancy._maintenance_finish(sums jsonb, started_at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    own record;
     r jsonb;
     created integer := (sums->>'created')::int;
     dropped integer := (sums->>'dropped')::int;
     skipped jsonb := sums->'skipped';
-    cleaned integer;
+    result jsonb;
 BEGIN
-    r := tenancy._maintain_partitions('tenancy.tenant_metrics', 'month', 3,
-                                      nullif(current_setting('tenancy.metrics_retention', true), '')::interval);
-    created := created + (r->>'created')::int;
-    dropped := dropped + (r->>'dropped')::int;
-    skipped := skipped || (r->'skipped');
     -- the audit log last: its lock (every lifecycle operation writes to it)
     -- is then held only until this transaction commits, just after
-    r := tenancy._maintain_partitions('tenancy.audit_log', 'month', 3,
-                                      nullif(current_setting('tenancy.audit_retention', true), '')::interval);
-    created := created + (r->>'created')::int;
-    dropped := dropped + (r->>'dropped')::int;
-    skipped := skipped || (r->'skipped');
-    cleaned := tenancy.cleanup_batches(coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval);
-    RETURN jsonb_build_object('partitions_created', created, 'partitions_dropped', dropped,
-                              'partitions_skipped', skipped, 'batches_cleaned', cleaned);
+    FOR own IN SELECT v.parent, v.retention_setting
+               FROM (VALUES (1, 'tenancy.tenant_metrics', 'tenancy.metrics_retention'),
+                            (2, 'tenancy.audit_log', 'tenancy.audit_retention')) v(ord, parent, retention_setting)
+               ORDER BY v.ord LOOP
+        r := tenancy._maintain_partitions(own.parent::regclass, 'month', 3,
+                                          nullif(current_setting(own.retention_setting, true), '')::interval);
+        created := created + (r->>'created')::int;
+        dropped := dropped + (r->>'dropped')::int;
+        skipped := skipped || (r->'skipped');
+    END LOOP;
+    result := jsonb_build_object(
+        'partitions_created', created, 'partitions_dropped', dropped, 'partitions_skipped', skipped,
+        'batches_cleaned', tenancy.cleanup_batches(
+            coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval),
+        'duration_ms', round((extract(epoch FROM clock_timestamp() - started_at) * 1000)::numeric, 1));
+    IF sums ? 'steps' THEN
+        result := result || jsonb_build_object('transactions', (sums->>'steps')::int);
+    END IF;
+    UPDATE tenancy.jobs SET last_started_at = started_at, last_finished_at = clock_timestamp(),
+                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
+                            last_error = NULL, failures = 0, progress = NULL,
+                            next_run_at = clock_timestamp() + run_every
+    WHERE name = 'maintenance';
+    RETURN result;
 END
 $$;
 CREATE FUNCTION tenancy._maintenance_step() RETURNS void
@@ -552,7 +564,6 @@ DECLARE
     j tenancy.jobs;
     p jsonb;
     r jsonb;
-    result jsonb;
     chunk integer := coalesce(nullif(current_setting('tenancy.maintenance_chunk', true), '')::int, 100);
 BEGIN
     PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
@@ -571,14 +582,7 @@ BEGIN
         WHERE name = 'maintenance';
         RETURN;
     END IF;
-    result := tenancy._maintenance_finish(p) || jsonb_build_object(
-        'transactions', (p->>'steps')::int,
-        'duration_ms', round((extract(epoch FROM clock_timestamp() - (p->>'started_at')::timestamptz) * 1000)::numeric, 1));
-    UPDATE tenancy.jobs SET last_started_at = (p->>'started_at')::timestamptz, last_finished_at = clock_timestamp(),
-                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
-                            last_error = NULL, failures = 0, progress = NULL,
-                            next_run_at = clock_timestamp() + run_every
-    WHERE name = 'maintenance';
+    PERFORM tenancy._maintenance_finish(p, (p->>'started_at')::timestamptz);
 END
 $$;
 CREATE OR REPLACE FUNCTION tenancy.run_maintenance() RETURNS jsonb
@@ -587,21 +591,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
-    r jsonb;
-    result jsonb;
 BEGIN
     -- one maintenance at a time per database (the worker's, pg_cron's, a DBA's)
     PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
-    r := tenancy._maintain_tenant_partitions('', NULL);
-    result := tenancy._maintenance_finish(r) || jsonb_build_object(
-        'duration_ms', round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1));
-    -- a complete run: a run the worker has under way in steps starts over
-    UPDATE tenancy.jobs SET last_started_at = t0, last_finished_at = clock_timestamp(),
-                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
-                            last_error = NULL, failures = 0, progress = NULL,
-                            next_run_at = clock_timestamp() + run_every
-    WHERE name = 'maintenance';
-    RETURN result;
+    RETURN tenancy._maintenance_finish(tenancy._maintain_tenant_partitions('', NULL), t0);
 END
 $$;
 CREATE OR REPLACE FUNCTION tenancy._run_due_jobs() RETURNS integer
@@ -651,15 +644,15 @@ DO $$
 DECLARE
     f regprocedure;
 BEGIN
-    FOREACH f IN ARRAY ARRAY['tenancy._maintain_tenant_partitions(text, integer)', 'tenancy._maintenance_finish(jsonb)',
+    FOREACH f IN ARRAY ARRAY['tenancy._maintain_tenant_partitions(text, integer)', 'tenancy._maintenance_finish(jsonb, timestamptz)',
                              'tenancy._maintenance_step()', 'tenancy.run_maintenance()', 'tenancy._run_due_jobs()']::regprocedure[] LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION tenancy._maintain_tenant_partitions(text, integer), tenancy._maintenance_finish(jsonb),
+REVOKE ALL ON FUNCTION tenancy._maintain_tenant_partitions(text, integer), tenancy._maintenance_finish(jsonb, timestamptz),
                        tenancy._maintenance_step() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy._maintain_tenant_partitions(text, integer), tenancy._maintenance_finish(jsonb),
+GRANT EXECUTE ON FUNCTION tenancy._maintain_tenant_partitions(text, integer), tenancy._maintenance_finish(jsonb, timestamptz),
                           tenancy._maintenance_step() TO tenancy_admin;
 
 -- What one pass of the background worker does, in the calling session,

@@ -85,9 +85,9 @@ def blocks(text):
     return found
 
 
-def psql(*args, stdin=None, db="postgres"):
+def psql(*args, db="postgres"):
     cmd = [f"{PG_BIN}/psql", "-X", "-h", HOST, "-p", PORT, "-U", "postgres", "-d", db, *args]
-    done = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
     return done.stdout + done.stderr
 
 

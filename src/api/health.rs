@@ -68,12 +68,12 @@ fn health() -> JsonB {
          (SELECT status::text, count(*) AS n FROM tenancy.tenants GROUP BY status) s",
     );
     let timescaledb = timescaledb_state();
-    // each problem with what it takes off the score
     let library = env!("CARGO_PKG_VERSION");
     let installed = one_or_none(Spi::get_one::<String>(
         "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'tenancy'",
     ))
     .unwrap_or_default();
+    // each problem with what it takes off the score
     let mut problems: Vec<(i64, String)> = Vec::new();
     if installed != library {
         // a new library is loaded but this database still has the old SQL
@@ -129,22 +129,21 @@ fn health() -> JsonB {
 /// TimescaleDB beside us, when it is installed in this database: its version,
 /// whether its scheduler runs here, and the hypertables and chunks of tenants.
 fn timescaledb_state() -> Value {
-    let installed = one_or_none(Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
-    ))
-    .unwrap_or(false);
-    if !installed {
+    let Some(version) = one_or_none(Spi::get_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'timescaledb'",
+    )) else {
         return Value::Null;
-    }
+    };
     // only parsed when the extension (and so its information schema) exists
-    query_json(
+    let mut state = query_json(
         "SELECT jsonb_build_object(\
-           'version', (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'), \
            'scheduler_running', EXISTS (SELECT 1 FROM pg_stat_activity \
                WHERE datname = current_database() AND backend_type = 'TimescaleDB Background Worker Scheduler'), \
            'tenant_hypertables', (SELECT count(*) FROM timescaledb_information.hypertables h \
                JOIN tenancy.tenants t ON t.schema_name = h.hypertable_schema), \
            'tenant_chunks', (SELECT count(*) FROM timescaledb_information.chunks c \
                JOIN tenancy.tenants t ON t.schema_name = c.hypertable_schema))",
-    )
+    );
+    state["version"] = json!(version);
+    state
 }

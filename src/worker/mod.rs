@@ -87,8 +87,6 @@ pub fn do_queued_work(what: &str) -> bool {
     .unwrap_or(false)
 }
 
-/// Runs `f` in a transaction of its own; an ERROR inside aborts that
-/// transaction and is logged instead of ending the process.
 /// The advisory lock (shared by every worker transaction, exclusive for a
 /// `DROP EXTENSION tenancy`, see hooks.rs) that keeps the drop from starting
 /// while a worker transaction is under way.
@@ -105,6 +103,8 @@ fn hold_off_extension_drop() {
     .unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
 }
 
+/// Runs `f` in a transaction of its own; an ERROR inside aborts that
+/// transaction and is logged instead of ending the process.
 pub fn try_transaction<R, F>(what: &str, f: F) -> Option<R>
 where
     F: FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
