@@ -1,3 +1,39 @@
+-- tenancy_saved and its table, when they exist, are the ones an earlier
+-- DROP EXTENSION made: owned by a superuser, the table with no trigger,
+-- rule or policy. Anything else is refused (42501) before it is written to
+-- or read from as the superuser.
+CREATE FUNCTION tenancy._check_saved_catalog() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad text;
+BEGIN
+    SELECT CASE
+             WHEN NOT r.rolsuper THEN format('schema tenancy_saved belongs to %s, not to a superuser', r.rolname)
+           END INTO bad
+    FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'tenancy_saved';
+    IF bad IS NULL THEN
+        SELECT CASE
+                 WHEN NOT r.rolsuper THEN format('table tenancy_saved.%s belongs to %s, not to a superuser', c.relname, r.rolname)
+                 WHEN c.relkind <> 'r' THEN format('tenancy_saved.%s is not a plain table', c.relname)
+                 WHEN c.relhastriggers OR c.relhasrules OR c.relrowsecurity
+                      OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid)
+                      OR EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = c.oid)
+                 THEN format('table tenancy_saved.%s has triggers, rules or row security', c.relname)
+               END INTO bad
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles r ON r.oid = c.relowner
+        WHERE n.nspname = 'tenancy_saved'
+        ORDER BY 1 NULLS LAST LIMIT 1;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'tenancy_saved was not made by tenancy: %', bad
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Look at what is in schema tenancy_saved, remove it, and run the command again.';
+    END IF;
+END
+$$;
+
 -- Uninstalling never loses a tenant. Tenant schemas, shared tables and
 -- tenant roles are not members of the extension, so DROP EXTENSION leaves
 -- them; the catalog is, so an event trigger saves it first, outside the
@@ -21,6 +57,9 @@ BEGIN
     SELECT count(*) FILTER (WHERE isolation = 'schema' AND status <> 'dropped'),
            count(*) FILTER (WHERE isolation = 'shared' AND status <> 'dropped')
     INTO schemas, shared FROM tenancy.tenants;
+    -- the superuser runs this: a schema or table someone else made (with a
+    -- trigger in it) must not receive the catalog
+    PERFORM tenancy._check_saved_catalog();
     CREATE SCHEMA IF NOT EXISTS tenancy_saved;
     CREATE TABLE IF NOT EXISTS tenancy_saved.catalog (
         kind     text        NOT NULL,
@@ -67,6 +106,7 @@ BEGIN
             USING ERRCODE = 'undefined_table',
                   HINT = 'DROP EXTENSION tenancy saves it; nothing was dropped here, or it was adopted already.';
     END IF;
+    PERFORM tenancy._check_saved_catalog();
     FOR r IN SELECT c.data FROM tenancy_saved.catalog c WHERE c.kind = 'template' ORDER BY c.saved_at DESC LOOP
         INSERT INTO tenancy.templates SELECT (jsonb_populate_record(NULL::tenancy.templates, r.data)).*
         ON CONFLICT DO NOTHING;
@@ -103,7 +143,7 @@ BEGIN
     -- the policies of shared tables went with the extension
     FOR s IN SELECT DISTINCT tenancy._access_schema(x) FROM tenancy.tenants x
              WHERE x.isolation = 'shared' AND x.status <> 'dropped' LOOP
-        PERFORM tenancy.enable_rls(tbl) FROM tenancy._shared_tables(s) tbl;
+        PERFORM tenancy._enable_rls(tbl) FROM tenancy._shared_tables(s) tbl;
     END LOOP;
     FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE 'tenancy\_pool\_%'
              AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP

@@ -46,61 +46,87 @@ $$;
 COMMENT ON FUNCTION tenancy.provision(text, text, text, jsonb) IS
     'Creates a tenant (catalog row, schema, every object of its template) in the caller''s transaction: all or nothing';
 
--- Who may do what: tenancy_admin runs the lifecycle; functions that make or
--- drop schemas and roles run as the extension's owner, with a pinned path.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_admin') THEN
-        CREATE ROLE tenancy_admin NOLOGIN;
-    END IF;
-    -- seeing every tenant's rows in shared tables: an explicit SET ROLE
-    -- tenancy_all_tenants, for members of tenancy_admin (NOINHERIT: never
-    -- by default)
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_all_tenants') THEN
-        CREATE ROLE tenancy_all_tenants NOLOGIN NOINHERIT BYPASSRLS;
-    END IF;
-    GRANT tenancy_all_tenants TO tenancy_admin;
-END
-$$;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenancy FROM PUBLIC;
-GRANT USAGE ON SCHEMA tenancy TO tenancy_admin;
-GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA tenancy TO tenancy_admin;
-GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO tenancy_admin;
--- adopting makes roles and policies from a table anyone with CREATE could
--- have written: superusers only
-REVOKE EXECUTE ON FUNCTION tenancy.adopt_schemas() FROM tenancy_admin;
--- ALL FUNCTIONS leaves procedures out
-REVOKE ALL ON PROCEDURE tenancy.run_worker_pass(integer, integer) FROM PUBLIC;
-GRANT EXECUTE ON PROCEDURE tenancy.run_worker_pass(integer, integer) TO tenancy_admin;
--- set_tenant reads the catalog as the owner, but must not pin search_path:
--- setting it (for a schema tenant) is part of its job. Its own queries run
--- with a safe search_path inside.
-ALTER FUNCTION tenancy.set_tenant(text, boolean) SECURITY DEFINER;
--- what tenants' own sessions need: the context and the policies' functions
-GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(),
-                          tenancy.set_tenant(text, boolean), tenancy.set_tenant(uuid, boolean) TO PUBLIC;
-DO $$
+-- Who may do what (see src/roles.rs): the roles of this database, each
+-- with the database's OID in its name so that no role serves two databases,
+-- and each marked by its comment (the roles of a dropped database are found
+-- by it; a role of that name that tenancy did not make is refused), and
+-- every grant and SECURITY DEFINER of the extension's functions. Run by
+-- CREATE EXTENSION and by every upgrade script, after its functions.
+CREATE FUNCTION tenancy._apply_privileges() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
-    f regprocedure;
+    db oid := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+    admin name := 'tenancy_admin_' || db;
+    owner name := 'tenancy_owner_' || db;
+    r record;
+    role name;
 BEGIN
-    FOR f IN
-        SELECT p.oid::regprocedure FROM pg_proc p
-        WHERE p.pronamespace = 'tenancy'::regnamespace
-          AND p.proname IN ('_provision', 'provision_batch', 'register_template', '_process_next',
-                            '_stop_batch', '_finalize_batches', 'process_queue', 'cancel_batch',
-                            'cleanup_batches', 'set_pool_size', '_pool_work', '_pool_build', 'suspend',
-                            'resume', 'drop_tenant', '_trash_work', 'bulk_update', 'migrate',
-                            '_migrate_tenant', '_queue_migrations', '_build_reference',
-                            '_drop_tenant_role', 'enable_rls', '_maintain_partitions',
-                            '_maintain_tenant_partitions', '_maintenance_finish',
-                            '_maintenance_step', 'run_maintenance', '_run_due_jobs',
-                            'refresh_metrics')
+    FOR r IN SELECT * FROM (VALUES
+            ('admin', 'NOLOGIN'),
+            -- every shared tenant's rows, for an admin's explicit SET ROLE
+            ('all_tenants', 'NOLOGIN NOINHERIT BYPASSRLS'),
+            ('owner', 'NOLOGIN NOINHERIT'),
+            ('shared', 'NOLOGIN NOINHERIT')) v(kind, options) LOOP
+        role := format('tenancy_%s_%s', r.kind, db);
+        IF NOT EXISTS (SELECT 1 FROM pg_roles x WHERE x.rolname = role) THEN
+            EXECUTE format('CREATE ROLE %I %s', role, r.options);
+            EXECUTE format('COMMENT ON ROLE %I IS %L', role,
+                           format('tenancy role of database %s: %s (made in database %s)', db, r.kind, current_database()));
+        ELSIF NOT tenancy._is_own_role(role) THEN
+            RAISE EXCEPTION 'role % exists and was not made by tenancy for this database', role
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Drop or rename that role, then run the command again.';
+        END IF;
+    END LOOP;
+    EXECUTE format('GRANT %I TO %I', 'tenancy_all_tenants_' || db, admin);
+
+    -- internal helpers (_*) stay the extension owner's
+    REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenancy FROM PUBLIC;
+    REVOKE ALL ON ALL PROCEDURES IN SCHEMA tenancy FROM PUBLIC;
+    -- the admin of this database manages its tenants: the functions whose
+    -- name does not start with _, and reading the catalog; adopting makes
+    -- roles and policies from a table anyone with CREATE could have written,
+    -- so it is the superuser's
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO %I', admin);
+    FOR r IN SELECT p.oid::regprocedure AS f, p.prokind FROM pg_proc p
+             WHERE p.pronamespace = 'tenancy'::regnamespace AND left(p.proname, 1) <> '_'
+               AND p.proname NOT IN ('adopt_schemas') LOOP
+        EXECUTE format('GRANT EXECUTE ON %s %s TO %I',
+                       CASE r.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, r.f, admin);
+    END LOOP;
+    -- what the owner role runs inside tenant schemas: SECURITY INVOKER
+    -- helpers that give it nothing it does not have already
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy._maintain_partitions(regclass, text, integer, interval), '
+                   'tenancy._copy_partition_indexes(regclass, regclass), '
+                   'tenancy._premake_partitions(name, name, text, integer) TO %I', owner);
+    -- what tenants' own sessions need: the context and the policies' functions
+    GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
+    GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.admin_role(),
+                              tenancy.set_tenant(text, boolean), tenancy.set_tenant(uuid, boolean) TO PUBLIC;
+
+    -- set_tenant reads the catalog as the owner, but must not pin
+    -- search_path: setting it (for a schema tenant) is part of its job. Its
+    -- own queries run with a safe search_path inside.
+    ALTER FUNCTION tenancy.set_tenant(text, boolean) SECURITY DEFINER;
+    -- Every other function runs as the extension's owner with a pinned
+    -- path; those that touch what a tenant or an admin wrote (template SQL,
+    -- tenant tables) switch to the owner role inside (tenancy._as_owner).
+    FOR r IN
+        SELECT p.oid::regprocedure AS f FROM pg_proc p
+        WHERE p.pronamespace = 'tenancy'::regnamespace AND p.prokind = 'f'
+          AND p.proname NOT IN ('current_tenant_id', 'set_tenant', 'admin_role', '_maintain_partitions',
+                                '_copy_partition_indexes', '_premake_partitions', '_save_catalog', '_caller',
+                                '_is_own_role', '_uuid_or_null', '_apply_privileges')
+          AND NOT p.prosecdef
     LOOP
-        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', r.f);
     END LOOP;
 END
 $$;
+SELECT tenancy._apply_privileges();
+REVOKE ALL ON FUNCTION tenancy._apply_privileges() FROM PUBLIC;
 
 SELECT tenancy._load_shipped_templates();
 -- serve this database now, not at the worker's next look

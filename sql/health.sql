@@ -49,8 +49,8 @@ BEGIN
         RETURN tenancy.health();  -- DESIGN's health(tenant DEFAULT NULL)
     END IF;
     SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant;
-    IF NOT FOUND AND tenant ~ '^[0-9a-fA-F-]{36}$' THEN
-        SELECT * INTO t FROM tenancy.tenants WHERE id = tenant::uuid;
+    IF NOT FOUND THEN
+        SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._uuid_or_null(tenant);
     END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
@@ -148,7 +148,9 @@ BEGIN
         score := score - least(10, 2 * cardinality(extra));
         reasons := reasons || format('%s object(s) not in the template', cardinality(extra));
     END IF;
-    IF t.max_users IS NOT NULL AND to_regclass(format('%I.users', schema_now)) IS NOT NULL THEN
+    -- a plain table only: a view (or anything else) could run a function as the caller
+    IF t.max_users IS NOT NULL AND EXISTS (SELECT 1 FROM pg_class c
+            WHERE c.oid = to_regclass(format('%I.users', schema_now)) AND c.relkind IN ('r', 'p')) THEN
         EXECUTE format('SELECT count(*) FROM %I.users', schema_now) INTO users_now;
         IF users_now > t.max_users THEN
             score := score - 20;

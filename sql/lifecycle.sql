@@ -1,6 +1,13 @@
 -- Tenant lifecycle: roles, suspend/resume, drop/archive, bulk updates,
 -- migrations to newer template versions. Every operation writes an audit row.
 
+-- A tenant argument that is an id: the uuid in its canonical text form, or
+-- NULL (a slug never has a hyphen, so it is never taken for one).
+CREATE FUNCTION tenancy._uuid_or_null(tenant text) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN tenant ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+            THEN tenant::uuid END;
+
 -- The tenant a slug or id names, locked for the rest of the transaction; 42704 if none.
 CREATE FUNCTION tenancy._tenant_for_update(tenant text) RETURNS tenancy.tenants
 LANGUAGE plpgsql
@@ -10,8 +17,8 @@ DECLARE
     t tenancy.tenants;
 BEGIN
     SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant FOR UPDATE;
-    IF NOT FOUND AND tenant ~ '^[0-9a-fA-F-]{36}$' THEN
-        SELECT * INTO t FROM tenancy.tenants WHERE id = tenant::uuid FOR UPDATE;
+    IF NOT FOUND THEN
+        SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._uuid_or_null(tenant) FOR UPDATE;
     END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
@@ -19,6 +26,25 @@ BEGIN
     RETURN t;
 END
 $$;
+
+-- A role that tenancy made for this database (its comment says so) and
+-- that is no superuser: the only kind it grants to, reuses or drops.
+CREATE FUNCTION tenancy._is_own_role(role_name name) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT NOT r.rolsuper
+                            AND shobj_description(r.oid, 'pg_authid') LIKE
+                                format('tenancy role of database %s:%%', d.oid)
+                     FROM pg_roles r, pg_database d
+                     WHERE r.rolname = role_name AND d.datname = current_database()), false)
+$$;
+
+-- The name of one of this database's own roles: admin, all_tenants, owner, shared.
+CREATE FUNCTION tenancy._db_role(kind text) RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN format('tenancy_%s_%s', kind, (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))::name;
 
 CREATE FUNCTION tenancy._audit(action text, t tenancy.tenants, details jsonb) RETURNS void
 LANGUAGE sql
@@ -29,39 +55,77 @@ AS $$
 $$;
 
 -- The privileges a tenant's role has on its schema's objects (not on the
--- schema itself: USAGE is what suspend takes away and resume gives back).
+-- schema itself: USAGE is what suspend takes away and resume gives back):
+-- reading and writing rows, never TRUNCATE, TRIGGER, REFERENCES or setval.
 CREATE FUNCTION tenancy._grant_tenant_objects(schema_name name, role_name name) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA %I TO %I', schema_name, role_name);
-    EXECUTE format('GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA %I TO %I', schema_name, role_name);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO %I', schema_name, role_name);
+    EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO %I', schema_name, role_name);
     EXECUTE format('GRANT EXECUTE ON ALL ROUTINES IN SCHEMA %I TO %I', schema_name, role_name);
 END
 $$;
 
--- Makes the tenant's role if needed and gives it its schema: USAGE, and
--- default privileges so that every object made there later (a migration)
--- is the role's to use without a GRANT. With existing_objects, also grants
--- on what the schema already holds (a schema claimed from the warm pool).
+-- Makes a tenant's role (never an existing one: a role tenancy did not make
+-- for this tenant must not be handed its data) and gives it its schema:
+-- USAGE, and default privileges for what the owner role makes there later
+-- (a migration), so that it is the tenant's to use without a GRANT. With
+-- existing_objects, also grants on what the schema already holds (a schema
+-- claimed from the warm pool). A shared tenant's role instead joins the
+-- role that holds the grants on the shared tables that have a policy.
 CREATE FUNCTION tenancy._setup_tenant_role(schema_name name, role_name name,
-                                           existing_objects boolean DEFAULT true) RETURNS void
+                                           existing_objects boolean DEFAULT true,
+                                           shared boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owner name := tenancy._db_role('owner');
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
+        RAISE EXCEPTION 'role "%" already exists', role_name
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'tenancy makes a new role for each tenant and never hands a tenant an existing role.',
+                  HINT = 'Drop or rename that role first.';
+    END IF;
+    EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+    EXECUTE format('COMMENT ON ROLE %I IS %L', role_name,
+                   format('tenancy role of database %s: tenant, schema %s (made in database %s)',
+                          (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()),
+                          schema_name, current_database()));
+    IF shared THEN
+        EXECUTE format('GRANT %I TO %I', tenancy._db_role('shared'), role_name);
+        RETURN;
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', schema_name, role_name);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I', owner, schema_name, role_name);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT USAGE ON SEQUENCES TO %I', owner, schema_name, role_name);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT EXECUTE ON ROUTINES TO %I', owner, schema_name, role_name);
+    IF existing_objects THEN
+        PERFORM tenancy._grant_tenant_objects(schema_name, role_name);
+    END IF;
+END
+$$;
+
+-- Gives a tenant's role its access back (resume), or takes it (suspend,
+-- archive): USAGE on its schema, or for a shared tenant its membership in
+-- the role that holds the shared tables' grants.
+CREATE FUNCTION tenancy._set_access(t tenancy.tenants, allowed boolean) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
-        EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);
-        EXECUTE format('COMMENT ON ROLE %I IS %L', role_name,
-                       format('tenancy: tenant role for schema %s in database %s', schema_name, current_database()));
+    IF t.role_name IS NULL OR NOT tenancy._is_own_role(t.role_name) THEN
+        RETURN;
     END IF;
-    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', schema_name, role_name);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON TABLES TO %I', schema_name, role_name);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO %I', schema_name, role_name);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT EXECUTE ON ROUTINES TO %I', schema_name, role_name);
-    IF existing_objects THEN
-        PERFORM tenancy._grant_tenant_objects(schema_name, role_name);
+    IF t.isolation = 'shared' THEN
+        EXECUTE format(CASE WHEN allowed THEN 'GRANT %I TO %I' ELSE 'REVOKE %I FROM %I' END,
+                       tenancy._db_role('shared'), t.role_name);
+    ELSE
+        EXECUTE format(CASE WHEN allowed THEN 'GRANT USAGE ON SCHEMA %I TO %I' ELSE 'REVOKE USAGE ON SCHEMA %I FROM %I' END,
+                       tenancy._access_schema(t), t.role_name);
     END IF;
 END
 $$;
@@ -77,9 +141,7 @@ BEGIN
         RAISE EXCEPTION 'tenant "%" is %; only an active tenant can be suspended', t.slug, t.status
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF t.role_name IS NOT NULL THEN
-        EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', tenancy._access_schema(t), t.role_name);
-    END IF;
+    PERFORM tenancy._set_access(t, false);
     UPDATE tenancy.tenants SET status = 'suspended', updated_at = now() WHERE id = t.id RETURNING * INTO t;
     PERFORM tenancy._audit('suspend', t, jsonb_build_object('before', 'active', 'after', 'suspended'));
     RETURN t;
@@ -107,9 +169,7 @@ BEGIN
         END IF;
         EXECUTE format('ALTER SCHEMA %I RENAME TO %I', archived, t.schema_name);
     END IF;
-    IF t.role_name IS NOT NULL THEN
-        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', tenancy._access_schema(t), t.role_name);
-    END IF;
+    PERFORM tenancy._set_access(t, true);
     UPDATE tenancy.tenants SET status = 'active', updated_at = now() WHERE id = t.id RETURNING * INTO t;
     PERFORM tenancy._audit('resume', t, jsonb_build_object('before', before, 'after', 'active'));
     RETURN t;
@@ -141,21 +201,23 @@ AS $$
     FROM tenancy.templates tp WHERE tp.name = t.template AND tp.version = t.template_version
 $$;
 
--- Drops a tenant's role with its privileges in this database; keeps it, with
--- a notice, when another database of the cluster still grants it something.
+-- Drops a tenant's role with its privileges in this database: only a role
+-- tenancy made for this database (tenancy._is_own_role).
 CREATE FUNCTION tenancy._drop_tenant_role(role_name name) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF role_name IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
+    IF role_name IS NULL OR NOT tenancy._is_own_role(role_name) THEN
         RETURN;
     END IF;
     EXECUTE format('DROP OWNED BY %I', role_name);
     BEGIN
         EXECUTE format('DROP ROLE %I', role_name);
     EXCEPTION WHEN dependent_objects_still_exist THEN
-        RAISE NOTICE 'role % is still granted privileges in another database and was kept', role_name;
+        -- a DBA granted it something in another database: its name holds
+        -- this database's OID, so no other tenant ever gets it
+        RAISE WARNING 'role % is still granted privileges in another database and was kept', role_name;
     END;
 END
 $$;
@@ -180,8 +242,8 @@ BEGIN
     END IF;
     IF keep_data THEN
         -- archive: renamed out of the way, no access, restorable by resume
-        IF t.role_name IS NOT NULL AND t.status <> 'suspended' THEN
-            EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', tenancy._access_schema(t), t.role_name);
+        IF t.status <> 'suspended' THEN
+            PERFORM tenancy._set_access(t, false);
         END IF;
         IF t.isolation = 'schema' THEN
             EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, tenancy._archive_name(t));
@@ -204,7 +266,9 @@ BEGIN
         BEGIN
             FOR r IN SELECT tbl FROM tenancy._shared_tables(tenancy._access_schema(t)) tbl
                      ORDER BY tbl::oid DESC LOOP
-                EXECUTE format('DELETE FROM %s WHERE tenant_id = $1', r.tbl) USING t.id;
+                -- as the owner role, in the tenant's context: the
+                -- template's triggers fire with no more than its rights
+                PERFORM tenancy._as_owner(format('DELETE FROM %s WHERE tenant_id = $1', r.tbl), t.id);
             END LOOP;
         END;
         trash := NULL;

@@ -165,17 +165,57 @@ BEGIN
         tenants := tenants + (last IS DISTINCT FROM t.slug)::int;
         last := t.slug;
         CONTINUE WHEN to_regclass(format('%I.%I', t.schema_name, t.tbl)) IS NULL;
-        r := tenancy._maintain_partitions(format('%I.%I', t.schema_name, t.tbl)::regclass,
-                                          CASE t.unit WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week'
-                                                      WHEN 'monthly' THEN 'month' WHEN 'yearly' THEN 'year'
-                                                      ELSE split_part(t.unit, ' ', -1) END,
-                                          t.premake, t.retention);
+        -- as the owner role: moving rows out of the default partition
+        -- fires the template's triggers, defaults and index expressions
+        r := tenancy._as_owner(format('SELECT tenancy._maintain_partitions(%L::regclass, %L, %s, %L)',
+                                      format('%I.%I', t.schema_name, t.tbl),
+                                      CASE t.unit WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week'
+                                                  WHEN 'monthly' THEN 'month' WHEN 'yearly' THEN 'year'
+                                                  ELSE split_part(t.unit, ' ', -1) END,
+                                      t.premake, t.retention), NULL);
         created := created + (r->>'created')::int;
         dropped := dropped + (r->>'dropped')::int;
         skipped := skipped || (r->'skipped');
     END LOOP;
     RETURN jsonb_build_object('created', created, 'dropped', dropped, 'skipped', skipped,
                               'tenants', tenants, 'last', last);
+END
+$$;
+
+-- Roles tenancy made for databases that no longer exist (their comment
+-- names the database's OID): dropped, with their memberships. Each one's
+-- name holds that OID, and provision never reuses an existing role, so
+-- until then they reach nothing and serve no other tenant. One that a DBA
+-- granted something in another database stays (and health() lists it).
+CREATE FUNCTION tenancy._orphan_roles() RETURNS SETOF name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.rolname FROM pg_roles r
+    JOIN pg_shdescription d ON d.objoid = r.oid AND d.classoid = 'pg_authid'::regclass
+    WHERE NOT r.rolsuper AND d.description ~ '^tenancy role of database [0-9]+:'
+      AND NOT EXISTS (SELECT 1 FROM pg_database x
+                      WHERE x.oid = substring(d.description FROM '^tenancy role of database ([0-9]+):')::oid)
+    ORDER BY 1
+$$;
+
+CREATE FUNCTION tenancy._drop_orphan_roles() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    role name;
+    n integer := 0;
+BEGIN
+    FOR role IN SELECT tenancy._orphan_roles() LIMIT 1000 LOOP
+        BEGIN
+            EXECUTE format('DROP ROLE %I', role);
+            n := n + 1;
+        EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
+            NULL;  -- granted something elsewhere: left, and listed by health()
+        END;
+    END LOOP;
+    RETURN n;
 END
 $$;
 
@@ -210,6 +250,7 @@ BEGIN
     END LOOP;
     result := jsonb_build_object(
         'partitions_created', created, 'partitions_dropped', dropped, 'partitions_skipped', skipped,
+        'roles_removed', tenancy._drop_orphan_roles(),
         'batches_cleaned', tenancy.cleanup_batches(
             coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval),
         'duration_ms', round((extract(epoch FROM clock_timestamp() - started_at) * 1000)::numeric, 1));
@@ -338,18 +379,33 @@ BEGIN
     END IF;
     units := 0;
     WHILE units < max_items LOOP
-        did := tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work();
+        did := tenancy.run_queue_unit();
         COMMIT;
         EXIT WHEN NOT did;
         units := units + 1;
     END LOOP;
-    PERFORM tenancy._finalize_batches();
-    COMMIT;
     LOOP
-        PERFORM tenancy._run_due_jobs();
+        PERFORM tenancy.run_due_jobs();
         COMMIT;
         EXIT WHEN NOT EXISTS (SELECT 1 FROM tenancy.jobs j
                               WHERE j.progress IS NOT NULL AND j.next_run_at <= pg_catalog.clock_timestamp());
     END LOOP;
+END
+$$;
+
+-- What run_worker_pass calls (the procedure cannot be SECURITY DEFINER: it
+-- commits): one unit of queued work (a batch item, a warm-pool schema or a
+-- chunk of a dropped tenant's schema), and the jobs that are due after the
+-- batches' final status.
+CREATE FUNCTION tenancy.run_queue_unit() RETURNS boolean
+LANGUAGE sql
+RETURN tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work();
+
+CREATE FUNCTION tenancy.run_due_jobs() RETURNS integer
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM tenancy._finalize_batches();
+    RETURN tenancy._run_due_jobs();
 END
 $$;

@@ -1,27 +1,24 @@
 -- Shared-table tenants: the tenant context and the policies that read it.
 
--- The current tenant, or NULL: policies compare their tenant column with it.
--- A plain SQL function, so the planner inlines it and can use an index on
--- the column (no cast on the column side).
-CREATE FUNCTION tenancy.current_tenant_id() RETURNS uuid
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN nullif(pg_catalog.current_setting('tenancy.tenant_id', true), '')::uuid;
-
 CREATE FUNCTION tenancy.set_tenant(tenant uuid, is_local boolean DEFAULT true) RETURNS uuid
 LANGUAGE sql
 RETURN tenancy.set_tenant(tenant::text, is_local);
 
--- Row level security on a table, failing closed: ENABLE and FORCE (the
--- owner is held too) and one policy for reads and writes of the current
--- tenant's rows. It is the only policy, so the planner can use an index on
--- the tenant column for everyone: seeing all tenants is not a second
--- policy but the role tenancy_all_tenants (BYPASSRLS), taken with SET ROLE.
-CREATE FUNCTION tenancy.enable_rls(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
+-- The fixed statements of row level security on a table, failing closed:
+-- ENABLE and FORCE (the owner is held too) and one policy for reads and
+-- writes of the current tenant's rows. It is the only policy, so the planner
+-- can use an index on the tenant column for everyone: seeing all tenants is
+-- not a second policy but the role tenancy_all_tenants_<db> (BYPASSRLS),
+-- taken with SET ROLE. A table of a shared schema is granted to the shared
+-- tenants' roles here, once its policy exists, and not before.
+CREATE FUNCTION tenancy._enable_rls(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     col_type regtype;
+    seq regclass;
+    in_shared_schema boolean;
 BEGIN
     SELECT a.atttypid::regtype INTO col_type FROM pg_attribute a
     WHERE a.attrelid = tbl AND a.attname = tenant_column AND a.attnum > 0 AND NOT a.attisdropped;
@@ -40,9 +37,59 @@ BEGIN
     EXECUTE format('CREATE POLICY tenancy_isolation ON %s AS PERMISSIVE FOR ALL TO PUBLIC '
                    'USING (%I = tenancy.current_tenant_id()) WITH CHECK (%I = tenancy.current_tenant_id())',
                    tbl, tenant_column, tenant_column);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO tenancy_all_tenants', tbl);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', tbl, tenancy._db_role('all_tenants'));
+    SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   JOIN tenancy.templates tp ON coalesce(tp.spec->>'shared_schema', 'shared_' || tp.name) = n.nspname
+                   WHERE c.oid = tbl AND c.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = tenancy._db_role('owner')))
+    INTO in_shared_schema;
+    IF in_shared_schema THEN
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', tbl, tenancy._db_role('shared'));
+    END IF;
+    -- the table's own sequences (identity, serial): nextval, never setval
+    FOR seq IN SELECT d.objid::regclass FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+               WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                 AND d.refobjid = tbl AND d.deptype IN ('a', 'i') LOOP
+        EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', seq, tenancy._db_role('all_tenants'));
+        IF in_shared_schema THEN
+            EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', seq, tenancy._db_role('shared'));
+        END IF;
+    END LOOP;
     INSERT INTO tenancy.audit_log (action, details)
     VALUES ('enable_rls', jsonb_build_object('table', tbl::text, 'tenant_column', tenant_column));
+END
+$$;
+
+-- Row level security on a table of the caller's (or, for a tenancy_admin,
+-- a table of a template's shared schema); never on the extension's own
+-- tables or the system's.
+CREATE FUNCTION tenancy.enable_rls(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+    caller oid := tenancy._caller();
+BEGIN
+    SELECT k.relowner, k.relnamespace, k.relkind, n.nspname INTO c
+    FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = tbl;
+    IF c.nspname IN ('tenancy', 'pg_catalog', 'information_schema', 'pg_toast') OR c.nspname LIKE 'pg\_%'
+       OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = tbl
+                  AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e') THEN
+        RAISE EXCEPTION 'enable_rls refuses %: it belongs to % itself', tbl,
+                        CASE WHEN c.nspname = 'tenancy' THEN 'the tenancy extension' ELSE 'PostgreSQL or an extension' END
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF c.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF NOT (pg_has_role(caller, c.relowner, 'USAGE')
+            OR (c.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = tenancy._db_role('owner'))
+                AND pg_has_role(caller, tenancy._db_role('admin'), 'USAGE'))) THEN
+        RAISE EXCEPTION 'permission denied to enable row level security on %', tbl
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'enable_rls is for the table''s owner, or for this database''s tenancy admin on a table of a shared schema.';
+    END IF;
+    PERFORM tenancy._enable_rls(tbl, tenant_column);
 END
 $$;
 
@@ -82,6 +129,6 @@ AS $$
     UNION ALL
     SELECT NULL::regclass, format('role %s bypasses row level security', r.rolname)
     FROM pg_roles r WHERE r.rolbypassrls AND NOT r.rolsuper
-      AND r.rolname <> 'tenancy_all_tenants'  -- the documented, explicit switch
+      AND r.rolname NOT LIKE 'tenancy\_all\_tenants\_%'  -- the documented, explicit switch
     ORDER BY 1, 2
 $$;

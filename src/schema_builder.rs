@@ -4,7 +4,6 @@
 
 use crate::catalog::{extension_schema, Template};
 use crate::error::{raise, raise_with, OrRaise};
-use crate::guc_scope::GucScope;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
@@ -53,28 +52,39 @@ pub fn check_prerequisites(template: &Template) -> Option<String> {
     }
 }
 
+/// Creates an empty schema owned by the tenancy owner role: a fixed
+/// statement, run with the extension's rights (the owner role may not
+/// create schemas in the database).
+pub fn create_owned_schema(schema: &str) {
+    if crate::roles::legacy_catalog() {
+        Spi::run(&format!("CREATE SCHEMA {}", quote_ident(schema))).or_raise();
+        return;
+    }
+    Spi::run(&format!(
+        "CREATE SCHEMA {} AUTHORIZATION {}",
+        quote_ident(schema),
+        quote_ident(&crate::roles::owner_role())
+    ))
+    .or_raise();
+}
+
 /// Creates `schema` and every object of the template in it. With a tenant
 /// role, the role gets the schema first (default privileges), so the objects
 /// are its to use as they are made, without a GRANT over the schema after.
+/// Everything of the template runs as the owner role (src/roles.rs).
 pub fn build_schema(
     template: &Template,
     schema: &str,
     timescale_schema: Option<&str>,
     role: Option<&str>,
 ) {
-    Spi::run(&format!("CREATE SCHEMA {}", quote_ident(schema))).or_raise();
+    create_owned_schema(schema);
     if let Some(role) = role {
-        Spi::run_with_args(
-            "SELECT tenancy._setup_tenant_role($1, $2, false)",
-            &[schema.into(), role.into()],
-        )
-        .or_raise();
+        crate::roles::setup_tenant_role(schema, role, false, false);
     }
     let statements = template.spec.schema_statements();
-    {
-        let scope = GucScope::new();
-        // Template SQL uses unqualified names: they land in the tenant schema.
-        scope.set("search_path", &format!("{}, public", quote_ident(schema)));
+    // Template SQL uses unqualified names: they land in the tenant schema.
+    crate::roles::as_owner(&crate::roles::owner_search_path(schema), None, || {
         let total = statements.len();
         for s in &statements {
             let context = format!(
@@ -83,34 +93,34 @@ pub fn build_schema(
             );
             run_statement(&context, &s.sql);
         }
-    }
-    if let Some(ts) = timescale_schema {
-        for t in &template.spec.timescale_tables {
-            let sql = format!(
-                "SELECT {}.create_hypertable($1::regclass, $2::name, chunk_time_interval => $3::interval)",
-                quote_ident(ts)
-            );
+        if let Some(ts) = timescale_schema {
+            for t in &template.spec.timescale_tables {
+                let sql = format!(
+                    "SELECT {}.create_hypertable($1::regclass, $2::name, chunk_time_interval => $3::interval)",
+                    quote_ident(ts)
+                );
+                Spi::run_with_args(
+                    &sql,
+                    &[
+                        qualified(schema, &t.name).into(),
+                        t.time_column.as_str().into(),
+                        t.chunk_interval.as_str().into(),
+                    ],
+                )
+                .or_raise();
+            }
+        }
+        for p in &template.spec.partitioned_tables {
             Spi::run_with_args(
-                &sql,
+                "SELECT tenancy._premake_partitions($1, $2, $3, $4)",
                 &[
-                    qualified(schema, &t.name).into(),
-                    t.time_column.as_str().into(),
-                    t.chunk_interval.as_str().into(),
+                    schema.into(),
+                    p.name.as_str().into(),
+                    p.unit.as_str().into(),
+                    (p.premake as i32).into(),
                 ],
             )
             .or_raise();
         }
-    }
-    for p in &template.spec.partitioned_tables {
-        Spi::run_with_args(
-            "SELECT tenancy._premake_partitions($1, $2, $3, $4)",
-            &[
-                schema.into(),
-                p.name.as_str().into(),
-                p.unit.as_str().into(),
-                (p.premake as i32).into(),
-            ],
-        )
-        .or_raise();
-    }
+    });
 }

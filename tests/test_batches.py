@@ -147,7 +147,7 @@ def test_bad_batch_lists_every_bad_item(db):
 
 def test_over_max_batch_size(db):
     db.execute("SET tenancy.max_batch_size = 5")
-    with pytest.raises(errors.InvalidParameterValue, match="more than tenancy.max_batch_size"):
+    with pytest.raises(errors.ProgramLimitExceeded, match="more than tenancy.max_batch_size"):
         db.execute("SELECT tenancy.provision_batch(%s)", (batch_of("x", 6),))
 
 

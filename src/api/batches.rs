@@ -27,12 +27,6 @@ fn provision_batch(tenants: JsonB, options: default!(Option<JsonB>, "'{}'")) -> 
             "the batch is empty: tenants must list at least one tenant".into(),
         ));
     }
-    let max = gucs::MAX_BATCH_SIZE.get() as usize;
-    if count > max {
-        raise(TenancyError::InvalidArgument(format!(
-            "the batch has {count} tenants, more than tenancy.max_batch_size ({max})"
-        )));
-    }
     let reports = check(&tenants.0);
     let bad: Vec<_> = reports.iter().filter(|r| !r.valid()).collect();
     if !bad.is_empty() {

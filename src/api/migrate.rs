@@ -5,12 +5,10 @@
 
 use crate::catalog;
 use crate::error::{raise, OrRaise};
-use crate::guc_scope::GucScope;
 use crate::schema_builder::run_statement;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::json;
-use tenancy_core::ident::quote_ident;
 use tenancy_core::TenancyError;
 
 #[pg_extern(name = "_migrate_tenant")]
@@ -51,21 +49,26 @@ fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
             "tenant {slug:?} has no schema to migrate"
         )));
     };
-    {
-        let scope = GucScope::new();
-        scope.set("search_path", &format!("{}, public", quote_ident(&schema)));
-        for version in from + 1..=to_version {
-            let t = catalog::template_version(&template, Some(version));
-            let total = t.spec.migrations.len();
-            for (i, sql) in t.spec.migrations.iter().enumerate() {
-                let context = format!(
-                    "template {template:?} version {version}, migration statement {} of {total}",
-                    i + 1
-                );
-                run_statement(&context, sql);
-            }
+    // the statements first: the owner role does not read the catalog
+    let mut steps = Vec::new();
+    for version in from + 1..=to_version {
+        let t = catalog::template_version(&template, Some(version));
+        let total = t.spec.migrations.len();
+        for (i, sql) in t.spec.migrations.into_iter().enumerate() {
+            let context = format!(
+                "template {template:?} version {version}, migration statement {} of {total}",
+                i + 1
+            );
+            steps.push((context, sql));
         }
     }
+    // as the owner role (src/roles.rs): a trigger in the tenant's schema
+    // that the migration fires gets no more than that role's rights
+    crate::roles::as_owner(&crate::roles::owner_search_path(&schema), None, || {
+        for (context, sql) in &steps {
+            run_statement(context, sql);
+        }
+    });
     // objects the migration made are the tenant role's already: the schema
     // has default privileges for it (see _setup_tenant_role)
     Spi::run_with_args(

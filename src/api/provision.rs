@@ -26,9 +26,15 @@ fn provision_internal(
     let template = catalog::latest_template(template_name);
     let timescale_schema = check_prerequisites(&template);
     let schema = template.spec.schema_name(slug);
-    // the tenant's own role, named like its schema: NOLOGIN, may use the
-    // tenant's schema (or, shared, the shared tables under RLS) and nothing else
-    let role = schema.as_str();
+    // the tenant's own role, of this database only (src/roles.rs): NOLOGIN,
+    // may use the tenant's schema (or, shared, the shared tables under RLS)
+    // and nothing else
+    let role_name = if crate::roles::legacy_catalog() {
+        schema.clone()
+    } else {
+        crate::roles::tenant_role(slug)
+    };
+    let role = role_name.as_str();
     let shared = options.isolation == Isolation::Shared;
     let shared_schema = shared.then(|| crate::api::rls::ensure_shared_schema(&template));
 
@@ -52,11 +58,7 @@ fn provision_internal(
     let pooled = !shared && options.pool && crate::api::pool::claim(&template, &schema);
     if shared || pooled {
         let access = shared_schema.as_deref().unwrap_or(&schema);
-        Spi::run_with_args(
-            "SELECT tenancy._setup_tenant_role($1, $2, true)",
-            &[access.into(), role.into()],
-        )
-        .or_raise();
+        crate::roles::setup_tenant_role(access, role, true, shared);
     } else {
         build_schema(&template, &schema, timescale_schema.as_deref(), Some(role));
     }

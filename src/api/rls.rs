@@ -22,11 +22,42 @@ fn set_guc(name: &str, value: &str, local: bool) {
     set_option(name, value, pg_sys::GucContext::PGC_SUSET, action);
 }
 
+/// The current tenant, or NULL: RLS policies compare their tenant column
+/// with it, so they deny every row when it is unset. A function of the
+/// library, not SQL over `current_setting`: calling it loads the library,
+/// which defines `tenancy.tenant_id` as a superuser setting, so a value a
+/// session set itself before (a placeholder anyone may set) is thrown away.
+/// STABLE: an index scan on the tenant column evaluates it once.
+#[pg_extern(stable, parallel_safe)]
+fn current_tenant_id() -> Option<Uuid> {
+    let value = crate::gucs::TENANT_ID.get()?;
+    let text = value.to_str().ok()?;
+    if text.is_empty() {
+        return None;
+    }
+    Uuid::from_slice(uuid_bytes(text)?.as_slice()).ok()
+}
+
+/// The 16 bytes of a uuid in its text form (set_tenant only ever stores the
+/// canonical one); `None` for anything else.
+fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Sets the tenant of this transaction (or, with `is_local => false`, of
 /// the session): what `tenancy.current_tenant_id()` returns and RLS policies
 /// compare with; for a schema tenant also the `search_path`. The caller must
-/// be a member of the tenant's role or of `tenancy_admin`; a suspended,
-/// archived or dropped tenant cannot be set. NULL clears the context.
+/// be a member of the tenant's role or of this database's admin role; a
+/// suspended, archived or dropped tenant cannot be set. NULL clears the context.
 #[pg_extern(name = "set_tenant")]
 fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uuid> {
     let Some(tenant) = tenant else {
@@ -34,6 +65,7 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
         return None;
     };
     let caller = unsafe { pg_sys::GetOuterUserId() };
+    let admin = crate::roles::admin_role();
     let found = {
         // our own queries run with a safe path; the caller's comes back after
         let scope = GucScope::new();
@@ -41,14 +73,14 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
         Spi::connect(|c| {
             let mut rows = c.select(
                 "SELECT t.id, t.slug, t.status::text, t.isolation, t.schema_name::text, \
-                        pg_has_role($2, 'tenancy_admin', 'MEMBER') \
+                        (EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = $3) AND pg_has_role($2, $3, 'MEMBER')) \
                         OR (t.role_name IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = t.role_name) \
                             AND pg_has_role($2, t.role_name, 'MEMBER')) \
                  FROM tenancy.tenants t \
-                 WHERE t.slug = $1 \
-                    OR t.id = (CASE WHEN $1 ~ '^[0-9a-fA-F-]{36}$' THEN $1::uuid END) LIMIT 1",
+                 WHERE t.slug = $1 OR t.id = tenancy._uuid_or_null($1) \
+                 ORDER BY t.slug = $1 DESC LIMIT 1",
                 Some(1),
-                &[tenant.into(), caller.into()],
+                &[tenant.into(), caller.into(), admin.as_str().into()],
             )?;
             Ok::<_, pgrx::spi::Error>(rows.next().map(|r| {
                 (
@@ -72,7 +104,8 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
             format!("permission denied to act as tenant {slug:?}"),
             None,
             Some(format!(
-                "Grant the role tenant_{slug} (or tenancy_admin) to the role that calls set_tenant."
+                "Grant the tenant's role (tenancy.tenants.role_name: {}) or {admin} to the role that calls set_tenant.",
+                crate::roles::tenant_role(&slug)
             )),
         );
     }
@@ -120,10 +153,8 @@ pub fn ensure_shared_schema(template: &Template) -> String {
     if exists {
         return schema;
     }
-    Spi::run(&format!("CREATE SCHEMA {}", quote_ident(&schema))).or_raise();
-    {
-        let scope = GucScope::new();
-        scope.set("search_path", &format!("{}, public", quote_ident(&schema)));
+    crate::schema_builder::create_owned_schema(&schema);
+    crate::roles::as_owner(&crate::roles::owner_search_path(&schema), None, || {
         let total = template.spec.shared_tables.len();
         for (i, sql) in template.spec.shared_tables.iter().enumerate() {
             let context = format!(
@@ -134,20 +165,33 @@ pub fn ensure_shared_schema(template: &Template) -> String {
             );
             run_statement(&context, sql);
         }
+    });
+    if crate::roles::legacy_catalog() {
+        // as 0.2.0 did, until ALTER EXTENSION tenancy UPDATE
+        let q = quote_ident(&schema);
+        Spi::run_with_args(
+            "SELECT tenancy.enable_rls(tbl) FROM tenancy._shared_tables($1) tbl",
+            &[schema.as_str().into()],
+        )
+        .or_raise();
+        Spi::run(&format!(
+            "GRANT USAGE ON SCHEMA {q} TO tenancy_all_tenants; \
+             GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {q} TO tenancy_all_tenants"
+        ))
+        .or_raise();
+        return schema;
     }
+    // the policies first; then the shared tenants' role gets the tables
+    // that have one (tenancy._enable_rls), and the schema
     Spi::run_with_args(
-        "SELECT tenancy.enable_rls(c.oid::regclass) FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped \
-         WHERE c.relnamespace = to_regnamespace(quote_ident($1)) AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
+        "SELECT tenancy._enable_rls(tbl) FROM tenancy._shared_tables($1) tbl",
         &[schema.as_str().into()],
     )
     .or_raise();
-    // every tenant's rows, for tenancy_admin after SET ROLE tenancy_all_tenants
     let q = quote_ident(&schema);
-    Spi::run(&format!(
-        "GRANT USAGE ON SCHEMA {q} TO tenancy_all_tenants; \
-         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {q} TO tenancy_all_tenants"
-    ))
-    .or_raise();
+    for kind in ["shared", "all_tenants"] {
+        let role = quote_ident(&crate::roles::db_role(kind));
+        Spi::run(&format!("GRANT USAGE ON SCHEMA {q} TO {role}")).or_raise();
+    }
     schema
 }

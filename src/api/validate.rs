@@ -57,8 +57,22 @@ pub fn known_for(items: &[serde_json::Value]) -> Known {
     }
 }
 
+/// Checks every item of a batch; more than `tenancy.max_batch_size` items
+/// is refused first (54000), before any of them is looked at.
 pub fn check(tenants: &serde_json::Value) -> Vec<ItemReport> {
     let items = items_of(tenants).or_raise();
+    let max = crate::gucs::MAX_BATCH_SIZE.get() as usize;
+    if items.len() > max {
+        crate::error::raise_with(
+            crate::error::sqlstate("54000"),
+            format!(
+                "the batch has {} tenants, more than tenancy.max_batch_size ({max})",
+                items.len()
+            ),
+            None,
+            Some("Split it into batches of at most tenancy.max_batch_size tenants.".into()),
+        );
+    }
     check_items(items, &known_for(items))
 }
 

@@ -50,6 +50,32 @@ unsafe fn libc_kill(pid: i32) {
     kill(pid, 15);
 }
 
+/// The current user owns the database (or is a superuser): DROP DATABASE's
+/// own permission check.
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+unsafe fn owns_database(db: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::pg_database_ownercheck(db, pg_sys::GetUserId()) }
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+unsafe fn owns_database(db: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::object_ownercheck(pg_sys::DatabaseRelationId, db, pg_sys::GetUserId()) }
+}
+
+/// The current user owns the extension and its schema here: what DROP
+/// EXTENSION tenancy (or DROP SCHEMA tenancy) checks first.
+fn may_drop_tenancy() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT pg_catalog.pg_has_role(CURRENT_USER, e.extowner, 'USAGE') \
+                AND pg_catalog.pg_has_role(CURRENT_USER, n.nspowner, 'USAGE') \
+         FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+         WHERE e.extname OPERATOR(pg_catalog.=) 'tenancy'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 /// `DROP EXTENSION ... tenancy ...` or `DROP SCHEMA ... tenancy ...`.
 unsafe fn drops_tenancy(stmt: *mut pg_sys::Node) -> bool {
     unsafe {
@@ -101,21 +127,21 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     unsafe {
         let stmt = (*pstmt).utilityStmt;
+        // Only a command that will pass its own permission check stops a
+        // worker: who may not drop the database (or the extension) cannot
+        // pause the worker by trying.
         if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
             let drop = stmt as *mut pg_sys::DropdbStmt;
             let db = pg_sys::get_database_oid((*drop).dbname, true);
-            if db != pg_sys::InvalidOid {
+            if db != pg_sys::InvalidOid && owns_database(db) {
                 stop_workers_of(db, PAUSE_MS);
             }
-        } else if !stmt.is_null() && drops_tenancy(stmt) {
+        } else if !stmt.is_null() && drops_tenancy(stmt) && may_drop_tenancy() {
             stop_workers_of(pg_sys::MyDatabaseId, EXTENSION_PAUSE_MS);
             // and wait for a worker transaction under way (one may be
             // starting that the signal missed) before the drop takes locks
-            Spi::run(&format!(
-                "SELECT pg_catalog.pg_advisory_xact_lock({})",
-                super::DROP_LOCK_SQL
-            ))
-            .unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
+            Spi::run(super::DROP_FENCE_EXCLUSIVE)
+                .unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
         }
         match PREV_PROCESS_UTILITY {
             Some(prev) => prev(

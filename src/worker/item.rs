@@ -27,7 +27,7 @@ pub extern "C-unwind" fn tenancy_item_worker_main(_arg: pg_sys::Datum) {
     }
     let db: u32 = BackgroundWorker::get_extra().parse().unwrap_or(0);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
-    super::yield_on_locks();
+    super::session_settings();
 
     let mut done = 0;
     while done < gucs::RECYCLE_AFTER.get() {

@@ -60,16 +60,28 @@ pub fn wake_on_commit() {
     });
 }
 
-/// Worker sessions give way to a DBA: a lock they wait for longer than
-/// this makes their statement fail (and the work is retried later), well
-/// before the 1 s deadlock check could pick a DROP EXTENSION as its victim.
-pub fn yield_on_locks() {
-    crate::guc_scope::set_option(
-        "lock_timeout",
-        "500ms",
-        pg_sys::GucContext::PGC_SUSET,
-        pg_sys::GucAction::GUC_ACTION_SET,
-    );
+/// The settings of every worker session, over whatever the database or a
+/// role set (`ALTER DATABASE ... SET search_path` by a database owner must
+/// not reach code that runs as the superuser): a search path of the system
+/// catalog alone, and a lock timeout so that they give way to a DBA (a lock
+/// they wait for longer than this makes their statement fail, and the work
+/// is retried later, well before the 1 s deadlock check could pick a DROP
+/// EXTENSION as its victim).
+pub fn session_settings() {
+    for (name, value) in [
+        ("search_path", "pg_catalog, pg_temp"),
+        ("lock_timeout", "500ms"),
+        ("statement_timeout", "0"),
+        ("default_transaction_read_only", "off"),
+        ("row_security", "on"),
+    ] {
+        crate::guc_scope::set_option(
+            name,
+            value,
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucAction::GUC_ACTION_SET,
+        );
+    }
 }
 
 /// One unit of queued work in a transaction of its own: a batch item first,
@@ -87,20 +99,25 @@ pub fn do_queued_work(what: &str) -> bool {
     .unwrap_or(false)
 }
 
-/// The advisory lock (shared by every worker transaction, exclusive for a
-/// `DROP EXTENSION tenancy`, see hooks.rs) that keeps the drop from starting
-/// while a worker transaction is under way.
-pub const DROP_LOCK_SQL: &str = "pg_catalog.hashtext('tenancy.worker')";
+/// The lock (taken by every worker transaction, and exclusively by a `DROP
+/// EXTENSION tenancy`, see hooks.rs) that keeps the drop from starting while
+/// a worker transaction is under way. A table lock, not an advisory one: a
+/// session without privileges cannot take it (LOCK TABLE checks them first).
+pub const DROP_FENCE_SHARED: &str = "LOCK TABLE tenancy.jobs IN ROW SHARE MODE";
+pub const DROP_FENCE_EXCLUSIVE: &str = "LOCK TABLE tenancy.jobs IN ACCESS EXCLUSIVE MODE";
 
-/// Worker transactions take the drop lock in shared mode first: a DROP
-/// EXTENSION waits for the one under way, and makes the next one wait, then
-/// fail on lock_timeout and retry later, instead of the two taking each
-/// other's locks in opposite orders (a deadlock).
+/// Worker transactions take the drop fence first: a DROP EXTENSION waits
+/// for the one under way, and makes the next one wait, then fail on
+/// lock_timeout and retry later, instead of the two taking each other's
+/// locks in opposite orders (a deadlock).
 fn hold_off_extension_drop() {
-    Spi::run(&format!(
-        "SELECT pg_catalog.pg_advisory_xact_lock_shared({DROP_LOCK_SQL})"
-    ))
-    .unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
+    let installed = Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('tenancy.jobs') IS NOT NULL")
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if installed {
+        Spi::run(DROP_FENCE_SHARED).unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
+    }
 }
 
 /// Runs `f` in a transaction of its own; an ERROR inside aborts that

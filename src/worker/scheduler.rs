@@ -19,11 +19,15 @@ fn extension_installed() -> bool {
 }
 
 /// pg_restore is filling this database: the worker must not make partitions,
-/// pool schemas or tenants that the dump is about to create itself.
+/// pool schemas or tenants that the dump is about to create itself. Only a
+/// superuser's session counts (restoring the extension takes one): anyone
+/// can name their session pg_restore.
 fn being_restored() -> bool {
     Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity \
-         WHERE datname = pg_catalog.current_database() AND application_name = 'pg_restore')",
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a \
+         JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.usesysid AND r.rolsuper \
+         WHERE a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+           AND a.application_name OPERATOR(pg_catalog.=) 'pg_restore')",
     )
     .ok()
     .flatten()
@@ -73,7 +77,7 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db: u32 = BackgroundWorker::get_extra().parse().unwrap_or(0);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
-    super::yield_on_locks();
+    super::session_settings();
 
     if !BackgroundWorker::transaction(extension_installed) {
         publish(db, 2, 0);
