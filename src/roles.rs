@@ -82,7 +82,10 @@ pub fn owner_search_path(schema: &str) -> String {
 pub fn as_owner<R>(search_path: &str, tenant: Option<Uuid>, f: impl FnOnce() -> R) -> R {
     if legacy_catalog() {
         let scope = crate::guc_scope::GucScope::new();
-        scope.set("search_path", &search_path.replace("pg_catalog, pg_temp", "public"));
+        scope.set(
+            "search_path",
+            &search_path.replace("pg_catalog, pg_temp", "public"),
+        );
         return f();
     }
     let name = owner_role();
@@ -91,7 +94,10 @@ pub fn as_owner<R>(search_path: &str, tenant: Option<Uuid>, f: impl FnOnce() -> 
             sqlstate("55000"),
             format!("role {name} does not exist"),
             None,
-            Some("ALTER EXTENSION tenancy UPDATE, or DROP and CREATE EXTENSION tenancy, makes it.".into()),
+            Some(
+                "ALTER EXTENSION tenancy UPDATE, or DROP and CREATE EXTENSION tenancy, makes it."
+                    .into(),
+            ),
         )
     };
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
@@ -150,7 +156,8 @@ fn as_owner_sql(sql: &str, tenant: Option<Uuid>, schema: default!(Option<&str>, 
             if table.columns().is_ok() {
                 if let Some(row) = table.into_iter().next() {
                     return Ok::<_, pgrx::spi::Error>(
-                        row.get::<JsonB>(1)?.unwrap_or(JsonB(serde_json::Value::Null)),
+                        row.get::<JsonB>(1)?
+                            .unwrap_or(JsonB(serde_json::Value::Null)),
                     );
                 }
             }

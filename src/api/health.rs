@@ -106,6 +106,17 @@ fn health() -> JsonB {
             "the audit log has no partition ahead: run tenancy.run_maintenance()".into(),
         ));
     }
+    if installed == library {
+        // roles made for databases that are gone: removed by maintenance,
+        // never reused by provision (their names hold the dead database's OID)
+        let orphans =
+            query_json("SELECT coalesce(jsonb_agg(r), '[]') FROM tenancy._orphan_roles() r");
+        if let Some(list) = orphans.as_array().filter(|l| !l.is_empty()) {
+            let names: Vec<&str> = list.iter().filter_map(Value::as_str).take(5).collect();
+            problems.push((5, format!("{} role(s) of dropped databases remain ({}{}): tenancy.run_maintenance() removes those not granted anything elsewhere",
+                list.len(), names.join(", "), if list.len() > 5 { ", ..." } else { "" })));
+        }
+    }
     if timescaledb.get("scheduler_running") == Some(&json!(false)) {
         problems.push((20, "TimescaleDB's scheduler is not running in this database: its policies do not run (check max_worker_processes and timescaledb.max_background_workers)".into()));
     }

@@ -76,6 +76,48 @@ fn may_drop_tenancy() -> bool {
     .unwrap_or(false)
 }
 
+/// `LOCK TABLE` of a table under tenancy's row level security by anyone
+/// but its owner: PostgreSQL allows it to whoever may update the table, and
+/// on a shared table that is every tenant, each of whom could so stop all
+/// the others. Tenants' own row locks (UPDATE, SELECT FOR UPDATE) are theirs.
+unsafe fn refuse_locking_shared_tables(lock: *mut pg_sys::LockStmt) {
+    unsafe {
+        let rels = pgrx::PgList::<pg_sys::RangeVar>::from_pg((*lock).relations);
+        for rv in rels.iter_ptr() {
+            let oid = pg_sys::RangeVarGetRelidExtended(
+                rv,
+                pg_sys::NoLock as i32,
+                pg_sys::RVROption::RVR_MISSING_OK,
+                None,
+                std::ptr::null_mut(),
+            );
+            if oid == pg_sys::InvalidOid {
+                continue;
+            }
+            let refused = Spi::get_one_with_args::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p \
+                                WHERE p.polrelid OPERATOR(pg_catalog.=) $1 \
+                                  AND p.polname OPERATOR(pg_catalog.=) 'tenancy_isolation') \
+                        AND NOT pg_catalog.pg_has_role(CURRENT_USER, c.relowner, 'USAGE') \
+                 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
+                &[oid.into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+            if refused {
+                let name = std::ffi::CStr::from_ptr((*rv).relname).to_string_lossy();
+                crate::error::raise_with(
+                    crate::error::sqlstate("42501"),
+                    format!("permission denied to lock table {name}"),
+                    Some("The table holds every tenant's rows under tenancy's row level security: only its owner may lock it whole.".into()),
+                    Some("Lock the rows you need instead: SELECT ... FOR UPDATE.".into()),
+                );
+            }
+        }
+    }
+}
+
 /// `DROP EXTENSION ... tenancy ...` or `DROP SCHEMA ... tenancy ...`.
 unsafe fn drops_tenancy(stmt: *mut pg_sys::Node) -> bool {
     unsafe {
@@ -136,6 +178,8 @@ unsafe extern "C-unwind" fn process_utility(
             if db != pg_sys::InvalidOid && owns_database(db) {
                 stop_workers_of(db, PAUSE_MS);
             }
+        } else if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_LockStmt {
+            refuse_locking_shared_tables(stmt as *mut pg_sys::LockStmt);
         } else if !stmt.is_null() && drops_tenancy(stmt) && may_drop_tenancy() {
             stop_workers_of(pg_sys::MyDatabaseId, EXTENSION_PAUSE_MS);
             // and wait for a worker transaction under way (one may be

@@ -111,10 +111,11 @@ pub const DROP_FENCE_EXCLUSIVE: &str = "LOCK TABLE tenancy.jobs IN ACCESS EXCLUS
 /// lock_timeout and retry later, instead of the two taking each other's
 /// locks in opposite orders (a deadlock).
 fn hold_off_extension_drop() {
-    let installed = Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('tenancy.jobs') IS NOT NULL")
-        .ok()
-        .flatten()
-        .unwrap_or(false);
+    let installed =
+        Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('tenancy.jobs') IS NOT NULL")
+            .ok()
+            .flatten()
+            .unwrap_or(false);
     if installed {
         Spi::run(DROP_FENCE_SHARED).unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
     }
