@@ -119,7 +119,9 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
                 c.update("SELECT tenancy._finalize_batches()", None, &[])?;
                 let row = c.select(
                     "SELECT d.ready + least(tenancy._pool_deficit() \
-                         + (SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenancy\\_trash\\_%')::int, 1), \
+                         + (SELECT count(*) FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner \
+                            WHERE n.nspname LIKE 'tenancy\\_trash\\_%' AND (r.rolsuper \
+                              OR r.rolname = 'tenancy_owner_' || (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())::text))::int, 1), \
                             d.waiting \
                      FROM tenancy._queue_demand() d",
                     None,
