@@ -117,6 +117,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- sessions that set this tenant look its status up again (current_tenant_id)
+    PERFORM tenancy._tenants_changed();
     IF t.role_name IS NULL OR NOT tenancy._is_own_role(t.role_name) THEN
         RETURN;
     END IF;
@@ -278,6 +280,7 @@ BEGIN
         EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, trash);
     END IF;
     PERFORM tenancy._drop_tenant_role(t.role_name);
+    PERFORM tenancy._tenants_changed();
     UPDATE tenancy.tenants
     SET status = 'dropped', dropped_at = now(), updated_at = now(), domain = NULL
     WHERE id = t.id RETURNING * INTO t;

@@ -177,6 +177,7 @@ BEGIN
             EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', it.schema_name);
         END IF;
         PERFORM tenancy._drop_tenant_role(it.role_name);
+        PERFORM tenancy._tenants_changed();
         DELETE FROM tenancy.tenants WHERE id = it.tenant_id;
         UPDATE tenancy.batch_items SET status = 'rolled_back'
         WHERE batch_id = it.batch_id AND ordinal = it.ordinal;

@@ -252,6 +252,7 @@ BEGIN
             EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', it.schema_name);
         END IF;
         PERFORM tenancy._drop_tenant_role(it.role_name);
+        PERFORM tenancy._tenants_changed();
         DELETE FROM tenancy.tenants WHERE id = it.tenant_id;
         UPDATE tenancy.batch_items SET status = 'rolled_back'
         WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
@@ -432,6 +433,11 @@ JOIN tenancy.batch_items i ON i.batch_id = b.id
 WHERE b.status IN ('queued', 'in_progress')
 GROUP BY b.id;
 
+CREATE OR REPLACE FUNCTION "_tenants_changed"() RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenants_changed_wrapper';
+
 CREATE OR REPLACE FUNCTION "_wake_worker"() RETURNS void
 STRICT 
 LANGUAGE c /* Rust */
@@ -604,6 +610,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- sessions that set this tenant look its status up again (current_tenant_id)
+    PERFORM tenancy._tenants_changed();
     IF t.role_name IS NULL OR NOT tenancy._is_own_role(t.role_name) THEN
         RETURN;
     END IF;
@@ -758,6 +766,7 @@ BEGIN
         EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, trash);
     END IF;
     PERFORM tenancy._drop_tenant_role(t.role_name);
+    PERFORM tenancy._tenants_changed();
     UPDATE tenancy.tenants
     SET status = 'dropped', dropped_at = now(), updated_at = now(), domain = NULL
     WHERE id = t.id RETURNING * INTO t;

@@ -63,6 +63,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
+    api::rls::register_invalidation();
     // The worker and its shared memory exist only when preloaded; without
     // it, process_queue() does the same work when called.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {

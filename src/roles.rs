@@ -134,6 +134,30 @@ pub fn as_owner<R>(search_path: &str, tenant: Option<Uuid>, f: impl FnOnce() -> 
     r
 }
 
+/// Code is running inside `as_owner` (the owner role, restricted): the
+/// only way into that role, which no one is granted.
+pub fn in_owner_scope() -> bool {
+    let restricted = unsafe { pg_sys::InSecurityRestrictedOperation() };
+    restricted && role_oid(&owner_role()) == Some(unsafe { pg_sys::GetUserId() })
+}
+
+/// Runs a fixed, read-only look-up of the extension's (one whose SQL names
+/// nothing a user can define) with the bootstrap superuser's rights, for
+/// code any session calls (`current_tenant_id`) that must read the catalog.
+pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    let (mut user, mut sec) = (pg_sys::InvalidOid, 0);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+            sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let r = f();
+    unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
+    r
+}
+
 /// Runs one statement that the extension wrote (identifiers quoted, the
 /// tenant's id as `$1`) as the owner role; for plpgsql code that must not
 /// touch tenant tables with the superuser's rights (a DELETE fires the

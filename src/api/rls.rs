@@ -27,15 +27,67 @@ fn set_guc(name: &str, value: &str, local: bool) {
 /// library, not SQL over `current_setting`: calling it loads the library,
 /// which defines `tenancy.tenant_id` as a superuser setting, so a value a
 /// session set itself before (a placeholder anyone may set) is thrown away.
-/// STABLE: an index scan on the tenant column evaluates it once.
+/// A tenant that is no longer active (suspended, archived, dropped since the
+/// session set it) is NULL too. STABLE: an index scan evaluates it once.
 #[pg_extern(stable, parallel_safe)]
 fn current_tenant_id() -> Option<Uuid> {
     let value = crate::gucs::TENANT_ID.get()?;
-    let text = value.to_str().ok()?;
-    if text.is_empty() {
-        return None;
+    let bytes = uuid_bytes(value.to_str().ok()?)?;
+    let id = Uuid::from_bytes(bytes);
+    // the extension's own work on a tenant that is not active (drop_tenant
+    // deleting a suspended tenant's rows) runs as the owner role
+    if crate::roles::in_owner_scope() {
+        return Some(id);
     }
-    Uuid::from_slice(uuid_bytes(text)?.as_slice()).ok()
+    active_tenant(bytes).then_some(id)
+}
+
+/// The tenant whose status this backend knows, and whether it is active.
+/// Forgotten at every relcache invalidation, which suspend, resume and drop
+/// send for `tenancy.tenants` when they commit (`tenancy._tenants_changed`).
+static mut KNOWN: Option<([u8; 16], bool)> = None;
+
+fn active_tenant(bytes: [u8; 16]) -> bool {
+    if let Some((known, active)) = unsafe { KNOWN } {
+        if known == bytes {
+            return active;
+        }
+    }
+    let active = crate::roles::as_superuser(|| {
+        crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
+            "SELECT status OPERATOR(pg_catalog.=) 'active' FROM tenancy.tenants \
+             WHERE id OPERATOR(pg_catalog.=) $1",
+            &[Uuid::from_bytes(bytes).into()],
+        ))
+    })
+    .unwrap_or(false);
+    unsafe { KNOWN = Some((bytes, active)) };
+    active
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_known_tenant(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    unsafe { KNOWN = None };
+}
+
+/// Called from `_PG_init`: every backend that loads the library forgets
+/// what it knew of tenants' status when the catalog changes.
+pub fn register_invalidation() {
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(forget_known_tenant), pg_sys::Datum::from(0))
+    };
+}
+
+/// Tells every session, when this transaction commits, that a tenant's
+/// status changed (they look it up again before trusting their context).
+#[pg_extern(name = "_tenants_changed")]
+fn tenants_changed() {
+    let oid = crate::catalog::one_or_none(Spi::get_one::<pg_sys::Oid>(
+        "SELECT 'tenancy.tenants'::pg_catalog.regclass::pg_catalog.oid",
+    ));
+    if let Some(oid) = oid {
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(oid) };
+    }
 }
 
 /// The 16 bytes of a uuid in its text form (set_tenant only ever stores the
