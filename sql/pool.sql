@@ -66,7 +66,9 @@ BEGIN
     END LOOP;
     -- short of its size: build one (one builder per template at a time)
     FOR s IN SELECT * FROM tenancy.pool_status WHERE ready < size ORDER BY template LOOP
-        CONTINUE WHEN NOT pg_try_advisory_xact_lock(pg_catalog.hashtext('tenancy.pool:' || s.template));
+        -- the template's pool row, not an advisory lock anyone could hold
+        PERFORM 1 FROM tenancy.pool_settings ps WHERE ps.template = s.template FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
         PERFORM tenancy._pool_build(s.template);
         RETURN true;
     END LOOP;

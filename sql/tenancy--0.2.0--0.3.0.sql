@@ -505,7 +505,9 @@ BEGIN
     END LOOP;
     -- short of its size: build one (one builder per template at a time)
     FOR s IN SELECT * FROM tenancy.pool_status WHERE ready < size ORDER BY template LOOP
-        CONTINUE WHEN NOT pg_try_advisory_xact_lock(pg_catalog.hashtext('tenancy.pool:' || s.template));
+        -- the template's pool row, not an advisory lock anyone could hold
+        PERFORM 1 FROM tenancy.pool_settings ps WHERE ps.template = s.template FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
         PERFORM tenancy._pool_build(s.template);
         RETURN true;
     END LOOP;
@@ -1581,7 +1583,9 @@ DECLARE
     r jsonb;
     chunk integer := coalesce(nullif(current_setting('tenancy.maintenance_chunk', true), '')::int, 100);
 BEGIN
-    PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
+    -- one maintenance at a time: the job's row, which no session without
+    -- privileges can lock (an advisory lock anyone could take and keep)
+    PERFORM 1 FROM tenancy.jobs WHERE name = 'maintenance' FOR NO KEY UPDATE;
     SELECT * INTO j FROM tenancy.jobs WHERE name = 'maintenance';
     p := coalesce(j.progress, jsonb_build_object('after', '', 'created', 0, 'dropped', 0, 'skipped', '[]'::jsonb,
                                                  'steps', 0, 'started_at', clock_timestamp()));
@@ -1608,8 +1612,10 @@ AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
 BEGIN
-    -- one maintenance at a time per database (the worker's, pg_cron's, a DBA's)
-    PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.maintenance'));
+    -- one maintenance at a time per database (the worker's, pg_cron's, a
+    -- DBA's): the job's row, which no session without privileges can lock
+    -- (an advisory lock anyone could take and keep)
+    PERFORM 1 FROM tenancy.jobs WHERE name = 'maintenance' FOR NO KEY UPDATE;
     RETURN tenancy._maintenance_finish(tenancy._maintain_tenant_partitions('', NULL), t0);
 END
 $$;

@@ -191,35 +191,46 @@ pub fn ensure_shared_schema(template: &Template) -> String {
             template.name
         )));
     }
-    // two first shared tenants of one template must not both create it
-    Spi::run_with_args(
-        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.shared:' || $1))",
-        &[template.name.as_str().into()],
-    )
-    .or_raise();
     // an existing schema of that name is used only if tenancy made it (the
     // owner role's, or a superuser's before 0.3.0): a database owner's
     // schema made ahead of the first shared tenant would get its rows
-    let owner_ok = catalog::one_or_none(Spi::get_one_with_args::<bool>(
-        "SELECT r.rolname = $2 OR r.rolsuper FROM pg_catalog.pg_namespace n \
-         JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner WHERE n.nspname = $1",
-        &[
-            schema.as_str().into(),
-            crate::roles::owner_role().as_str().into(),
-        ],
-    ));
-    match owner_ok {
-        Some(true) => return schema,
-        Some(false) => raise_with(
-            sqlstate("42501"),
-            format!("schema {schema} exists and was not made by tenancy"),
-            Some(format!(
-                "The shared tables of template {:?} live in {schema}; this one belongs to another role.",
-                template.name
-            )),
-            Some("Rename or drop that schema, or give the template another shared_schema.".into()),
-        ),
-        None => {}
+    let usable = || {
+        let owner_ok = catalog::one_or_none(Spi::get_one_with_args::<bool>(
+            "SELECT r.rolname = $2 OR r.rolsuper FROM pg_catalog.pg_namespace n \
+             JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner WHERE n.nspname = $1",
+            &[
+                schema.as_str().into(),
+                crate::roles::owner_role().as_str().into(),
+            ],
+        ));
+        match owner_ok {
+            Some(true) => true,
+            Some(false) => raise_with(
+                sqlstate("42501"),
+                format!("schema {schema} exists and was not made by tenancy"),
+                Some(format!(
+                    "The shared tables of template {:?} live in {schema}; this one belongs to another role.",
+                    template.name
+                )),
+                Some("Rename or drop that schema, or give the template another shared_schema.".into()),
+            ),
+            None => false,
+        }
+    };
+    if usable() {
+        return schema;
+    }
+    // two first shared tenants of one template must not both create it: a
+    // row lock on the template (no session without privileges can hold one,
+    // as it could an advisory lock); NO KEY UPDATE leaves the tenants'
+    // foreign keys to it free
+    Spi::run_with_args(
+        "SELECT 1 FROM tenancy.templates WHERE name = $1 ORDER BY version DESC LIMIT 1 FOR NO KEY UPDATE",
+        &[template.name.as_str().into()],
+    )
+    .or_raise();
+    if usable() {
+        return schema;
     }
     crate::schema_builder::create_owned_schema(&schema);
     crate::roles::as_owner(&crate::roles::owner_search_path(&schema), None, || {

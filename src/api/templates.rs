@@ -12,11 +12,9 @@ fn register(name: &str, spec: &Value, shipped: bool) -> i32 {
     validate_template_name(name).or_raise();
     let parsed = parse_spec(name, spec).or_raise();
     // Two sessions registering one template must not pick the same version.
-    Spi::run_with_args(
-        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('tenancy.template:' || $1))",
-        &[name.into()],
-    )
-    .or_raise();
+    // (a table lock, which no session without privileges can take or hold
+    // up, unlike an advisory lock; registering is rare)
+    Spi::run("LOCK TABLE tenancy.templates IN SHARE ROW EXCLUSIVE MODE").or_raise();
     let latest = Spi::get_two_with_args::<i32, bool>(
         "SELECT version, spec = $2 FROM tenancy.templates WHERE name = $1 ORDER BY version DESC LIMIT 1",
         &[name.into(), JsonB(spec.clone()).into()],
