@@ -302,8 +302,8 @@ DECLARE
 BEGIN
     -- only a schema drop_tenant renamed (the owner role's, or before 0.3.0
     -- a superuser's), never one that someone else named like it
-    SELECT n.nspname INTO s FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
-    WHERE n.nspname LIKE 'tenancy\_trash\_%' AND (r.rolname = tenancy._db_role('owner') OR r.rolsuper)
+    SELECT n.nspname INTO s FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+    WHERE n.nspname LIKE 'tenancy\_trash\_%' AND (o.rolname = tenancy._db_role('owner') OR o.rolsuper)
     ORDER BY n.oid LIMIT 1;
     IF NOT FOUND THEN
         RETURN false;
