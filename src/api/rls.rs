@@ -42,32 +42,61 @@ fn current_tenant_id() -> Option<Uuid> {
     active_tenant(bytes).then_some(id)
 }
 
-/// The tenant whose status this backend knows, and whether it is active.
-/// Forgotten at every relcache invalidation, which suspend, resume and drop
-/// send for `tenancy.tenants` when they commit (`tenancy._tenants_changed`).
-static mut KNOWN: Option<([u8; 16], bool)> = None;
+/// The tenants whose status this backend has looked up (is each active?),
+/// and the OID of `tenancy.tenants`: forgotten when that table's relcache
+/// entry is invalidated, which suspend, resume and drop do for it when they
+/// commit (`tenancy._tenants_changed`). Bounded: a pooler's connection that
+/// serves many tenants keeps at most `KNOWN_MAX` of them.
+struct Known {
+    tenants_rel: pg_sys::Oid,
+    status: std::collections::HashMap<[u8; 16], bool>,
+}
+
+const KNOWN_MAX: usize = 4096;
+
+thread_local! {
+    static KNOWN: std::cell::RefCell<Known> = std::cell::RefCell::new(Known {
+        tenants_rel: pg_sys::InvalidOid,
+        status: std::collections::HashMap::new(),
+    });
+}
 
 fn active_tenant(bytes: [u8; 16]) -> bool {
-    if let Some((known, active)) = unsafe { KNOWN } {
-        if known == bytes {
-            return active;
-        }
+    if let Some(active) = KNOWN.with(|k| k.borrow().status.get(&bytes).copied()) {
+        return active;
     }
-    let active = crate::roles::as_superuser(|| {
-        crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
+    let (active, rel) = crate::roles::as_superuser(|| {
+        let active = crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
             "SELECT status OPERATOR(pg_catalog.=) 'active' FROM tenancy.tenants \
              WHERE id OPERATOR(pg_catalog.=) $1",
             &[Uuid::from_bytes(bytes).into()],
         ))
-    })
-    .unwrap_or(false);
-    unsafe { KNOWN = Some((bytes, active)) };
+        .unwrap_or(false);
+        let rel = crate::catalog::one_or_none(Spi::get_one::<pg_sys::Oid>(
+            "SELECT pg_catalog.to_regclass('tenancy.tenants')::pg_catalog.oid",
+        ))
+        .unwrap_or(pg_sys::InvalidOid);
+        (active, rel)
+    });
+    KNOWN.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.status.len() >= KNOWN_MAX {
+            k.status.clear();
+        }
+        k.tenants_rel = rel;
+        k.status.insert(bytes, active);
+    });
     active
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn forget_known_tenant(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
-    unsafe { KNOWN = None };
+unsafe extern "C-unwind" fn forget_known_tenant(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    KNOWN.with(|k| {
+        let mut k = k.borrow_mut();
+        if relid == pg_sys::InvalidOid || relid == k.tenants_rel {
+            k.status.clear();
+        }
+    });
 }
 
 /// Called from `_PG_init`: every backend that loads the library forgets
