@@ -1328,7 +1328,8 @@ AS $$
     UNION ALL
     SELECT NULL::regclass, format('role %s bypasses row level security', r.rolname)
     FROM pg_roles r WHERE r.rolbypassrls AND NOT r.rolsuper
-      AND r.rolname NOT LIKE 'tenancy\_all\_tenants\_%'  -- the documented, explicit switch
+      -- the documented, explicit switch (and 0.2.0's, shared by the cluster)
+      AND r.rolname <> 'tenancy_all_tenants' AND r.rolname NOT LIKE 'tenancy\_all\_tenants\_%'
     ORDER BY 1, 2
 $$;
 
