@@ -40,7 +40,8 @@ def main():
             c.execute("SELECT tenancy.enable_rls('shared_default.readings')")
             c.execute(f'GRANT SELECT ON shared_default.readings TO "{app}"')
             c.execute(f'GRANT USAGE ON SCHEMA shared_default TO "{app}"')
-            c.execute(f'GRANT tenancy_admin TO "{app}"')  # may set any tenant; all_tenants stays off
+            # may set any tenant; all_tenants stays off
+            c.execute(f'GRANT "{c.execute("SELECT tenancy.admin_role()").fetchone()[0]}" TO "{app}"')
             ids = [uuid.uuid4() for _ in range(args.tenants)]
             c.execute("CREATE TEMP TABLE t_ids (id uuid)")
             with c.cursor().copy("COPY t_ids (id) FROM STDIN") as cp:

@@ -65,14 +65,10 @@ pub fn role_oid(name: &str) -> Option<pg_sys::Oid> {
     (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
-/// The search path of code run as the owner: the tenant's schema first,
-/// then only the system catalog (nobody else's schema can plant an operator
-/// or function there).
+/// The search path of code run as the owner in a tenant's schema (the
+/// template's rule, `TemplateSpec::search_path`).
 pub fn owner_search_path(schema: &str) -> String {
-    format!(
-        "{}, pg_catalog, pg_temp",
-        tenancy_core::ident::quote_ident(schema)
-    )
+    tenancy_core::template::TemplateSpec::search_path(schema)
 }
 
 /// Runs `f` as the tenancy owner role, in a security-restricted operation,

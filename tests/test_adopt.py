@@ -36,6 +36,7 @@ def test_drop_extension_keeps_tenants_and_adopt_takes_them_back(db, fresh_db):
     wait_for(lambda: db.execute("SELECT ready FROM tenancy.pool_status WHERE template = 'default'").fetchone()[0] == 1,
              what="a pooled schema")
     before = db.execute(CATALOG).fetchall()
+    role = db.execute("SELECT role_name FROM tenancy.tenants WHERE slug = 'keep_s1'").fetchone()[0]
 
     # shared tables' policies depend on the extension: a plain DROP refuses
     # and changes nothing
@@ -52,7 +53,7 @@ def test_drop_extension_keeps_tenants_and_adopt_takes_them_back(db, fresh_db):
     assert db.execute("SELECT body FROM tenant_keep_notes.notes").fetchall() == [("kept",)]
     assert db.execute("SELECT count(*) FROM shared_default.users").fetchone()[0] == 2
     with db.transaction():
-        db.execute("SET LOCAL ROLE tenant_keep_s1")
+        db.execute(f'SET LOCAL ROLE "{role}"')
         assert db.execute("SELECT count(*) FROM shared_default.users").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM tenancy_saved.catalog WHERE kind = 'tenant'").fetchone()[0] == 6
 
@@ -105,7 +106,8 @@ def test_schema_only_database_drops_without_cascade_and_other_drops_save_nothing
 
 
 def test_adopt_is_for_superusers(db):
-    db.execute("CREATE ROLE adopt_tester LOGIN IN ROLE tenancy_admin")
+    admin = db.execute("SELECT tenancy.admin_role()").fetchone()[0]
+    db.execute(f'CREATE ROLE adopt_tester LOGIN IN ROLE "{admin}"')
     try:
         with db.transaction():
             db.execute("SET LOCAL ROLE adopt_tester")

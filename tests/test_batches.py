@@ -79,12 +79,17 @@ def test_rollback_on_failure_leaves_nothing(db):
     assert s["rolled_back"] == 12 and s["succeeded"] == 0
     assert db.execute("SELECT count(*) FROM tenancy.tenants").fetchone()[0] == 0
     assert db.execute(r"SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant\_%'").fetchone()[0] == 0
-    assert db.execute(r"SELECT count(*) FROM pg_roles WHERE rolname ~ '^tenant_rb_ok[0-9]+$'").fetchone()[0] == 0
+    # tenants' roles are t<database oid>_<slug>
+    assert db.execute(r"""SELECT count(*) FROM pg_roles WHERE rolname ~ ('^t' || (SELECT oid FROM pg_database
+                          WHERE datname = current_database()) || '_rb_ok[0-9]+$')""").fetchone()[0] == 0
 
 
 def test_transient_errors_are_retried_with_backoff(db):
     # fails with 40001 on its first two runs (a sequence is not rolled back)
     db.execute("CREATE SEQUENCE public.flaky_runs")
+    # template SQL runs as this database's owner role, with public off its search_path
+    db.execute("""DO $$ BEGIN EXECUTE format('GRANT USAGE, UPDATE ON SEQUENCE public.flaky_runs TO %I',
+                  'tenancy_owner_' || (SELECT oid FROM pg_database WHERE datname = current_database())); END $$""")
     flaky = {
         "tables": ["CREATE TABLE t (id int)"],
         "functions": ["DO $$ BEGIN IF nextval('public.flaky_runs') < 3 THEN "

@@ -1,6 +1,6 @@
 """Lifecycle from outside the server: roles checked as the tenant's own
 role (SET ROLE), suspend/resume, drop/archive, bulk updates, migrations of a
-fleet through the worker, health(tenant), tenancy_admin."""
+fleet through the worker, health(tenant), the database's admin role."""
 
 import json
 import uuid
@@ -18,6 +18,15 @@ ORDER BY 1, 2
 """
 
 
+def role_of(db, slug):
+    """The tenant's role: t<database oid>_<slug>."""
+    return db.execute("SELECT role_name FROM tenancy.tenants WHERE slug = %s", (slug,)).fetchone()[0]
+
+
+def db_oid(db):
+    return db.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+
+
 def as_role(db, role, sql, params=()):
     db.execute(f'SET ROLE "{role}"')
     try:
@@ -29,14 +38,26 @@ def as_role(db, role, sql, params=()):
 
 def test_tenant_role_reaches_only_its_schema(db):
     db.execute("SELECT tenancy.provision('a1'), tenancy.provision('b1')")
-    role = db.execute("SELECT role_name FROM tenancy.tenants WHERE slug = 'a1'").fetchone()[0]
-    assert role == "tenant_a1"
+    role = role_of(db, "a1")
+    assert role == f"t{db_oid(db)}_a1"
     login, owns = db.execute(
         "SELECT rolcanlogin, (SELECT count(*) FROM pg_class WHERE relowner = r.oid) FROM pg_roles r WHERE rolname = %s",
         (role,)).fetchone()
     assert (login, owns) == (False, 0)
+    # rows only: no TRUNCATE, TRIGGER or REFERENCES on tables, no UPDATE (setval) on sequences
+    privs = {}
+    for rel, priv in db.execute(PRIVS, ("tenant_a1", role)).fetchall():
+        privs.setdefault(rel, set()).add(priv)
+    rows = {"SELECT", "INSERT", "UPDATE", "DELETE"}
+    assert privs == {"audit_events": rows, "items": rows, "users": rows,
+                     "audit_events_id_seq": {"USAGE"}, "items_id_seq": {"USAGE"}}
     as_role(db, role, "INSERT INTO tenant_a1.users (email) VALUES ('x@a1.io')")
     assert as_role(db, role, "SELECT count(*) FROM tenant_a1.users")[0][0] == 1
+    assert as_role(db, role, "SELECT nextval('tenant_a1.items_id_seq')")[0][0] == 1
+    for sql in ("TRUNCATE tenant_a1.users", "SELECT setval('tenant_a1.items_id_seq', 100)",
+                "CREATE TABLE tenant_a1.mine (id int)", "ALTER TABLE tenant_a1.users ADD COLUMN x int"):
+        with pytest.raises(errors.InsufficientPrivilege):
+            as_role(db, role, sql)
     with pytest.raises(errors.InsufficientPrivilege):
         as_role(db, role, "SELECT count(*) FROM tenant_b1.users")
     with pytest.raises(errors.InsufficientPrivilege):
@@ -46,17 +67,19 @@ def test_tenant_role_reaches_only_its_schema(db):
 def test_suspend_denies_and_resume_restores_exactly(db):
     db.execute("SELECT tenancy.provision('s1')")
     db.execute("INSERT INTO tenant_s1.users (email) VALUES ('a@s1.io')")
-    before = db.execute(PRIVS, ("tenant_s1", "tenant_s1")).fetchall()
+    role = role_of(db, "s1")
+    before = db.execute(PRIVS, ("tenant_s1", role)).fetchall()
+    assert before
     assert db.execute("SELECT status::text FROM tenancy.suspend('s1')").fetchone()[0] == "suspended"
     with pytest.raises(errors.InsufficientPrivilege) as e:
-        as_role(db, "tenant_s1", "SELECT count(*) FROM tenant_s1.users")
+        as_role(db, role, "SELECT count(*) FROM tenant_s1.users")
     assert e.value.sqlstate == "42501"
     assert db.execute("SELECT count(*) FROM tenant_s1.users").fetchone()[0] == 1, "data stays"
     with pytest.raises(errors.ObjectNotInPrerequisiteState):
         db.execute("SELECT tenancy.suspend('s1')")
     db.execute("SELECT tenancy.resume('s1')")
-    assert as_role(db, "tenant_s1", "SELECT count(*) FROM tenant_s1.users")[0][0] == 1
-    assert db.execute(PRIVS, ("tenant_s1", "tenant_s1")).fetchall() == before
+    assert as_role(db, role, "SELECT count(*) FROM tenant_s1.users")[0][0] == 1
+    assert db.execute(PRIVS, ("tenant_s1", role)).fetchall() == before
     with pytest.raises(errors.ObjectNotInPrerequisiteState):
         db.execute("SELECT tenancy.resume('s1')")
     # by id too
@@ -66,10 +89,12 @@ def test_suspend_denies_and_resume_restores_exactly(db):
 
 def test_drop_keeps_a_tombstone_and_frees_everything(db):
     db.execute("SELECT tenancy.provision('tomb1')")
+    role = role_of(db, "tomb1")
+    assert db.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0] == 1
     row = db.execute("SELECT status::text, dropped_at IS NOT NULL FROM tenancy.drop_tenant('tomb1')").fetchone()
     assert row == ("dropped", True)
     assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_tomb1'").fetchone()[0] == 0
-    assert db.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_tomb1'").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0] == 0
     wait_for(lambda: db.execute(r"SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenancy\_trash\_%'").fetchone()[0] == 0,
              what="the dropped schema to be removed")
     actor, action = db.execute("SELECT actor, action FROM tenancy.audit_log WHERE tenant_slug = 'tomb1' ORDER BY id DESC LIMIT 1").fetchone()
@@ -86,9 +111,9 @@ def test_archive_and_restore(db):
     assert db.execute("SELECT status::text FROM tenancy.drop_tenant('k1', keep_data => true)").fetchone()[0] == "archived"
     assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_k1'").fetchone()[0] == 0
     with pytest.raises(errors.InsufficientPrivilege):
-        as_role(db, "tenant_k1", "SELECT count(*) FROM tenancy_arch_k1.users")
+        as_role(db, role_of(db, "k1"), "SELECT count(*) FROM tenancy_arch_k1.users")
     db.execute("SELECT tenancy.resume('k1')")
-    assert as_role(db, "tenant_k1", "SELECT count(*) FROM tenant_k1.users")[0][0] == 1
+    assert as_role(db, role_of(db, "k1"), "SELECT count(*) FROM tenant_k1.users")[0][0] == 1
 
 
 def test_drop_of_a_200_table_tenant(db):
@@ -121,7 +146,7 @@ def test_bulk_update_all_or_nothing_and_merge(db):
     db.execute("""SELECT tenancy.bulk_update(ARRAY['u1', 'u2'], '{"status": "suspended"}')""")
     assert db.execute("SELECT count(*) FROM tenancy.tenants WHERE status = 'suspended'").fetchone()[0] == 2
     with pytest.raises(errors.InsufficientPrivilege):
-        as_role(db, "tenant_u1", "SELECT 1 FROM tenant_u1.users")
+        as_role(db, role_of(db, "u1"), "SELECT 1 FROM tenant_u1.users")
 
 
 def test_fleet_migration_500_tenants_3_fail(db):
@@ -192,7 +217,9 @@ def test_health_of_a_tenant(db):
 def test_tenancy_admin_runs_the_lifecycle(db, fresh_db):
     ops = "ops_" + uuid.uuid4().hex[:8]
     nobody = "nobody_" + uuid.uuid4().hex[:8]
-    db.execute(f'CREATE ROLE "{ops}" LOGIN IN ROLE tenancy_admin')
+    admin = db.execute("SELECT tenancy.admin_role()").fetchone()[0]
+    assert admin == f"tenancy_admin_{db_oid(db)}"
+    db.execute(f'CREATE ROLE "{ops}" LOGIN IN ROLE "{admin}"')
     db.execute(f'CREATE ROLE "{nobody}" LOGIN')
     try:
         with connect(fresh_db, autocommit=True, user=ops) as c:

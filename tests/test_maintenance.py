@@ -4,6 +4,7 @@ and jobs that record their runs and back off when they fail."""
 
 import threading
 import time
+import uuid
 
 import psycopg
 from psycopg import errors
@@ -78,6 +79,34 @@ def test_a_locked_partition_is_skipped_and_done_later(db, fresh_db):
     print(f"maintenance returned after {waited:.2f} s with {ahead} skipped")
     r = db.execute("SELECT tenancy.run_maintenance()").fetchone()[0]
     assert ahead in partitions(db, "tenant_ev2.events"), r
+
+
+def test_maintenance_removes_the_roles_of_a_dropped_database(db):
+    """Every role tenancy makes carries its database's OID; DROP DATABASE
+    leaves them, and run_maintenance() (in any database) removes them."""
+    gone = "t_" + uuid.uuid4().hex[:12]
+    with connect("postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{gone}"')
+        try:
+            with connect(gone, autocommit=True) as c:
+                c.execute("CREATE EXTENSION tenancy")
+                c.execute("SELECT tenancy.provision('orphan_schema')")
+                c.execute("""SELECT tenancy.provision('orphan_shared', NULL, 'default', '{"isolation": "shared"}')""")
+                oid = c.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+        finally:
+            admin.execute(f'DROP DATABASE "{gone}" WITH (FORCE)')
+    pattern = rf"^tenancy_[a-z_]+_{oid}$|^t{oid}_"
+    ours = "SELECT array_agg(rolname::text ORDER BY rolname) FROM pg_roles WHERE rolname ~ %s"
+    left = db.execute(ours, (pattern,)).fetchone()[0]
+    assert left == sorted([f"t{oid}_orphan_schema", f"t{oid}_orphan_shared"] +
+                          [f"tenancy_{k}_{oid}" for k in ("admin", "all_tenants", "owner", "shared")]), left
+    r = db.execute("SELECT tenancy.run_maintenance()").fetchone()[0]
+    assert isinstance(r["roles_removed"], int), r
+    assert db.execute(ours, (pattern,)).fetchone()[0] is None
+    # this database's own roles are not orphans
+    me = db.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+    assert db.execute(ours, (rf"^tenancy_[a-z_]+_{me}$",)).fetchone()[0] == \
+        sorted(f"tenancy_{k}_{me}" for k in ("admin", "all_tenants", "owner", "shared"))
 
 
 def run_jobs_now(c):

@@ -12,23 +12,29 @@ from conftest import connect, wait_for
 POOLED = r"SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenancy\_pool\_%'"
 READY = "SELECT coalesce((SELECT ready FROM tenancy.pool_status WHERE template = %s), 0)"
 
-# every object of a schema, by what it is, not by its oid or its schema's name
+# every object of a schema, by what it is, not by its oid or its schema's name:
+# owned by this database's owner role, with the same grants
 OBJECTS = """
-SELECT c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner) = current_user AS own,
+SELECT c.relname::text, c.relkind::text,
+       pg_get_userbyid(c.relowner) = 'tenancy_owner_' || (SELECT oid FROM pg_database WHERE datname = current_database()) AS own,
        coalesce(pg_get_indexdef(c.oid), '') AS def,
        (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), ''), ', ' ORDER BY a.attnum)
         FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS cols
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS cols,
+       coalesce((SELECT string_agg(pg_get_userbyid(x.grantee) || ' ' || x.privilege_type, ', '
+                                   ORDER BY pg_get_userbyid(x.grantee), x.privilege_type)
+                 FROM aclexplode(c.relacl) x), '') AS acl
 FROM pg_class c WHERE c.relnamespace = %s::regnamespace
 UNION ALL
-SELECT conname::text, contype::text, true, pg_get_constraintdef(oid), '' FROM pg_constraint WHERE connamespace = %s::regnamespace
+SELECT conname::text, contype::text, true, pg_get_constraintdef(oid), '', '' FROM pg_constraint WHERE connamespace = %s::regnamespace
 ORDER BY 1, 2
 """
 
 
 def objects(db, schema):
     rows = db.execute(OBJECTS, (schema, schema)).fetchall()
-    return [tuple(str(v).replace(schema, "<schema>") for v in r) for r in rows]
+    role = db.execute("SELECT role_name FROM tenancy.tenants WHERE schema_name = %s", (schema,)).fetchone()[0]
+    return [tuple(str(v).replace(role, "<tenant>").replace(schema, "<schema>") for v in r) for r in rows]
 
 
 def ready(db, template="default"):
@@ -59,8 +65,12 @@ def test_pool_fills_claims_and_refills(db):
     assert db.execute(
         "SELECT details->>'from_pool' FROM tenancy.audit_log WHERE action = 'provision' AND tenant_slug = 'built'"
     ).fetchone()[0] == "false"
-    # a claimed schema is the same as a built one
-    assert objects(db, "tenant_pooled") == objects(db, "tenant_built")
+    # a claimed schema is the same as a built one, its tenant's grants too
+    pooled = objects(db, "tenant_pooled")
+    assert pooled == objects(db, "tenant_built")
+    assert all(r[2] == "True" for r in pooled), pooled
+    assert ("users", "r") in {r[:2] for r in pooled} and \
+        next(r[5] for r in pooled if r[:2] == ("users", "r")).count("<tenant> ") == 4, pooled
     assert pool_is_consistent(db)
 
 
@@ -87,33 +97,37 @@ def test_shrinking_the_pool_drops_schemas(db):
 def test_fifty_concurrent_provisions_on_a_pool_of_twenty(db, fresh_db):
     db.execute("SELECT tenancy.set_pool_size('default', 20)")
     wait_for(lambda: ready(db) == 20, what="the pool to fill")
-    # hold the refill lock the worker takes, so no schema is added while we claim
-    db.execute("SELECT pg_advisory_lock(hashtext('tenancy.pool:default'))")
-    errors_seen = []
-    barrier = threading.Barrier(50)
+    # hold the refill lock the worker takes (the template's pool_settings row),
+    # so no schema is added while we claim
+    holder = connect(fresh_db)
+    holder.execute("SELECT 1 FROM tenancy.pool_settings WHERE template = 'default' FOR NO KEY UPDATE")
+    try:
+        errors_seen = []
+        barrier = threading.Barrier(50)
 
-    def one(i):
-        try:
-            with connect(fresh_db, autocommit=True) as c:
-                barrier.wait()
-                c.execute("SELECT tenancy.provision(%s)", (f"c{i}",))
-        except Exception as e:  # noqa: BLE001
-            errors_seen.append(repr(e))
+        def one(i):
+            try:
+                with connect(fresh_db, autocommit=True) as c:
+                    barrier.wait()
+                    c.execute("SELECT tenancy.provision(%s)", (f"c{i}",))
+            except Exception as e:  # noqa: BLE001
+                errors_seen.append(repr(e))
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors_seen == []
-    claimed = db.execute(
-        "SELECT count(*) FILTER (WHERE details->>'from_pool' = 'true'), count(*) FILTER (WHERE details->>'from_pool' = 'false') "
-        "FROM tenancy.audit_log WHERE action = 'provision'"
-    ).fetchone()
-    assert db.execute("SELECT count(*) FROM tenancy.tenants").fetchone()[0] == 50
-    assert claimed == (20, 30)
-    assert ready(db) == 0
-    db.execute("SELECT pg_advisory_unlock_all()")
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors_seen == []
+        claimed = db.execute(
+            "SELECT count(*) FILTER (WHERE details->>'from_pool' = 'true'), count(*) FILTER (WHERE details->>'from_pool' = 'false') "
+            "FROM tenancy.audit_log WHERE action = 'provision'"
+        ).fetchone()
+        assert db.execute("SELECT count(*) FROM tenancy.tenants").fetchone()[0] == 50
+        assert claimed == (20, 30)
+        assert ready(db) == 0
+    finally:
+        holder.close()
     wait_for(lambda: ready(db) == 20, what="the pool to refill")
     assert pool_is_consistent(db)
 

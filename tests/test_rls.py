@@ -39,8 +39,19 @@ def app_role(db):
     db.execute(f'DROP ROLE "{name}"')
 
 
+def role_of(db, slug):
+    """The tenant's role: t<database oid>_<slug>."""
+    return db.execute("SELECT role_name FROM tenancy.tenants WHERE slug = %s", (slug,)).fetchone()[0]
+
+
+def db_role(db, kind):
+    """One of this database's own roles: tenancy_<kind>_<database oid>."""
+    oid = db.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+    return f"tenancy_{kind}_{oid}"
+
+
 def as_tenant(db, slug):
-    db.execute(f'SET ROLE "tenant_{slug}"')
+    db.execute(f'SET ROLE "{role_of(db, slug)}"')
 
 
 def test_every_shared_table_is_isolated(db):
@@ -100,7 +111,7 @@ def test_pooled_connection_1000_transactions(db, fresh_db, app_role):
         slug = f"pool{i}"
         tenants[slug] = shared_tenant(db, slug)
         seed(db, tenants[slug], n=2)
-        db.execute(f'GRANT "tenant_{slug}" TO "{app_role}"')
+        db.execute(f'GRANT "{role_of(db, slug)}" TO "{app_role}"')
     order = list(tenants) * 50
     random.Random(7).shuffle(order)
     leaks = 0
@@ -124,7 +135,7 @@ def test_eight_sessions_mixed_load(db, fresh_db, app_role):
     for s in slugs:
         ids[s] = shared_tenant(db, s)
         seed(db, ids[s], n=5)
-        db.execute(f'GRANT "tenant_{s}" TO "{app_role}"')
+        db.execute(f'GRANT "{role_of(db, s)}" TO "{app_role}"')
     foreign = [0] * 8
     ops = [0] * 8
     errs = []
@@ -170,23 +181,25 @@ def test_admin_sees_all_only_when_asked(db, fresh_db, app_role):
     a, b = shared_tenant(db, "adm_a"), shared_tenant(db, "adm_b")
     seed(db, a, 1)
     seed(db, b, 1)
-    db.execute(f'GRANT tenancy_admin TO "{app_role}"')
+    admin, all_tenants = db.execute("SELECT tenancy.admin_role()").fetchone()[0], db_role(db, "all_tenants")
+    assert admin == db_role(db, "admin")
+    db.execute(f'GRANT "{admin}" TO "{app_role}"')
     with connect(fresh_db, user=app_role, autocommit=True) as c:
         assert c.execute(f"SELECT count(*) FROM {SHARED}.users").fetchone()[0] == 0
         c.execute("SELECT tenancy.set_tenant('adm_a', false)")
         assert c.execute(f"SELECT count(*) FROM {SHARED}.users").fetchone()[0] == 1
         # the explicit switch
-        c.execute("SET ROLE tenancy_all_tenants")
+        c.execute(f'SET ROLE "{all_tenants}"')
         assert c.execute(f"SELECT count(*) FROM {SHARED}.users").fetchone()[0] == 2
         c.execute("RESET ROLE")
         assert c.execute(f"SELECT count(*) FROM {SHARED}.users").fetchone()[0] == 1
-    # a login that serves a tenant but is not tenancy_admin cannot take the switch
+    # a login that serves a tenant but is not this database's admin cannot take the switch
     other = "svc_" + uuid.uuid4().hex[:8]
-    db.execute(f'CREATE ROLE "{other}" LOGIN IN ROLE tenant_adm_a')
+    db.execute(f'CREATE ROLE "{other}" LOGIN IN ROLE "{role_of(db, "adm_a")}"')
     try:
         with connect(fresh_db, user=other, autocommit=True) as c:
             with pytest.raises(errors.InsufficientPrivilege):
-                c.execute("SET ROLE tenancy_all_tenants")
+                c.execute(f'SET ROLE "{all_tenants}"')
     finally:
         db.execute(f'DROP ROLE "{other}"')
 
@@ -204,7 +217,9 @@ def test_policy_plan_uses_the_index(db):
         db.execute("RESET ROLE")
         db.execute("RESET enable_seqscan")
     # the policy's comparison is an index condition, not a filter on every row
-    assert "Index Cond: (tenant_id = " in plan and "current_setting('tenancy.tenant_id'" in plan, plan
+    # (current_tenant_id() is a STABLE function of the library: evaluated once)
+    assert "Index Cond: (tenant_id = tenancy.current_tenant_id())" in plan, plan
+    assert not any("Filter" in line and "current_tenant_id" in line for line in plan.splitlines()), plan
     assert "Seq Scan" not in plan, plan
 
 

@@ -225,6 +225,79 @@ mod tests {
         );
     }
 
+    fn db_oid() -> i64 {
+        count("SELECT oid::bigint FROM pg_database WHERE datname = current_database()")
+    }
+
+    #[pg_test]
+    fn roles_are_this_databases_own() {
+        let oid = db_oid();
+        assert_eq!(
+            Spi::get_one::<String>("SELECT tenancy.admin_role()").unwrap(),
+            Some(format!("tenancy_admin_{oid}"))
+        );
+        Spi::run("SELECT tenancy.provision('roled')").unwrap();
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT role_name::text FROM tenancy.tenants WHERE slug = 'roled'"
+            )
+            .unwrap(),
+            Some(format!("t{oid}_roled"))
+        );
+        // the owner role owns the schema and its tables, not the tenant
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'tenant_roled'"
+            )
+            .unwrap(),
+            Some(format!("tenancy_owner_{oid}"))
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM pg_class WHERE relnamespace = 'tenant_roled'::regnamespace \
+                 AND relowner <> 'tenancy_owner_{oid}'::regrole"
+            )),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn tenant_role_gets_rows_only() {
+        Spi::run("SELECT tenancy.provision('rowsonly')").unwrap();
+        let role = Spi::get_one::<String>(
+            "SELECT role_name::text FROM tenancy.tenants WHERE slug = 'rowsonly'",
+        )
+        .unwrap()
+        .unwrap();
+        let has = |what: &str| {
+            Spi::get_one_with_args::<bool>(what, &[role.as_str().into()])
+                .unwrap()
+                .unwrap()
+        };
+        for p in ["SELECT", "INSERT", "UPDATE", "DELETE"] {
+            assert!(has(&format!(
+                "SELECT has_table_privilege($1, 'tenant_rowsonly.users', '{p}')"
+            )));
+        }
+        for p in ["TRUNCATE", "TRIGGER", "REFERENCES"] {
+            assert!(!has(&format!(
+                "SELECT has_table_privilege($1, 'tenant_rowsonly.users', '{p}')"
+            )));
+        }
+        assert!(has(
+            "SELECT has_sequence_privilege($1, 'tenant_rowsonly.items_id_seq', 'USAGE')"
+        ));
+        assert!(!has(
+            "SELECT has_sequence_privilege($1, 'tenant_rowsonly.items_id_seq', 'UPDATE')"
+        ));
+        assert!(has(
+            "SELECT has_schema_privilege($1, 'tenant_rowsonly', 'USAGE')"
+        ));
+        assert!(!has(
+            "SELECT has_schema_privilege($1, 'tenant_rowsonly', 'CREATE')"
+        ));
+    }
+
     #[pg_test]
     fn shipped_templates_are_loaded() {
         assert_eq!(

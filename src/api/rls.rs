@@ -32,7 +32,7 @@ fn set_guc(name: &str, value: &str, local: bool) {
 #[pg_extern(stable, parallel_safe)]
 fn current_tenant_id() -> Option<Uuid> {
     let value = crate::gucs::TENANT_ID.get()?;
-    let bytes = uuid_bytes(value.to_str().ok()?)?;
+    let bytes = tenancy_core::slug::uuid_bytes(value.to_str().ok()?)?;
     let id = Uuid::from_bytes(bytes);
     // the extension's own work on a tenant that is not active (drop_tenant
     // deleting a suspended tenant's rows) runs as the owner role
@@ -119,21 +119,6 @@ fn tenants_changed() {
     }
 }
 
-/// The 16 bytes of a uuid in its text form (set_tenant only ever stores the
-/// canonical one); `None` for anything else.
-fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
-    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// Sets the tenant of this transaction (or, with `is_local => false`, of
 /// the session): what `tenancy.current_tenant_id()` returns and RLS policies
 /// compare with; for a schema tenant also the `search_path`. The caller must
@@ -158,10 +143,15 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
                         OR (t.role_name IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = t.role_name) \
                             AND pg_has_role($2, t.role_name, 'MEMBER')) \
                  FROM tenancy.tenants t \
-                 WHERE t.slug = $1 OR t.id = tenancy._uuid_or_null($1) \
+                 WHERE t.slug = $1 OR t.id = $4 \
                  ORDER BY t.slug = $1 DESC LIMIT 1",
                 Some(1),
-                &[tenant.into(), caller.into(), admin.as_str().into()],
+                &[
+                    tenant.into(),
+                    caller.into(),
+                    admin.as_str().into(),
+                    tenancy_core::slug::canonical_uuid(tenant).map(Uuid::from_bytes).into(),
+                ],
             )?;
             Ok::<_, pgrx::spi::Error>(rows.next().map(|r| {
                 (
@@ -278,7 +268,9 @@ pub fn ensure_shared_schema(template: &Template) -> String {
         // as 0.2.0 did, until ALTER EXTENSION tenancy UPDATE
         let q = quote_ident(&schema);
         Spi::run_with_args(
-            "SELECT tenancy.enable_rls(tbl) FROM tenancy._shared_tables($1) tbl",
+            "SELECT tenancy.enable_rls(c.oid::regclass) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped \
+             WHERE c.relnamespace = to_regnamespace(quote_ident($1)) AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
             &[schema.as_str().into()],
         )
         .or_raise();

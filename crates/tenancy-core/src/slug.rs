@@ -253,3 +253,48 @@ mod tests {
         );
     }
 }
+
+/// A tenant argument that is an id: a uuid in its canonical text form
+/// (8-4-4-4-12 hex digits), the rule `tenancy._uuid_or_null` applies in SQL.
+/// A slug has no hyphen, so it is never taken for one.
+pub fn canonical_uuid(text: &str) -> Option<[u8; 16]> {
+    let b = text.as_bytes();
+    let hyphens_right = b.len() == 36 && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-');
+    if hyphens_right {
+        uuid_bytes(text)
+    } else {
+        None
+    }
+}
+
+/// The 16 bytes of a uuid written as 32 hex digits, hyphens anywhere
+/// (what `tenancy.tenant_id` holds); `None` for anything else.
+pub fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).expect("a hex digit") as u8;
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = digit(pair[0]) << 4 | digit(pair[1]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod uuid_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_canonical_form_is_an_id() {
+        let id = "0123abcd-4567-89ab-cdef-0123456789AB";
+        assert_eq!(canonical_uuid(id).unwrap()[0], 0x01);
+        assert_eq!(canonical_uuid(id).unwrap()[15], 0xab);
+        assert_eq!(canonical_uuid(&"-".repeat(36)), None);
+        assert_eq!(canonical_uuid(&"a".repeat(36)), None);
+        assert_eq!(canonical_uuid("+123abcd-4567-89ab-cdef-0123456789ab"), None);
+        assert_eq!(canonical_uuid("0123abcd456789abcdef0123456789ab"), None);
+        assert!(uuid_bytes("0123abcd456789abcdef0123456789ab").is_some());
+    }
+}

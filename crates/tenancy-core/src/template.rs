@@ -130,6 +130,13 @@ impl TemplateSpec {
         format!("{}{}", self.schema_prefix, slug)
     }
 
+    /// The search path template SQL runs with: the tenant's schema first,
+    /// then only the system catalog (no other schema can plant an operator
+    /// or function that the statements would pick up).
+    pub fn search_path(schema: &str) -> String {
+        format!("{}, pg_catalog, pg_temp", quote_ident(schema))
+    }
+
     /// The whole DDL a client would send to build the schema by hand, one
     /// transaction. `hypertable_fn` is the qualified `create_hypertable` when
     /// the template has TimescaleDB tables.
@@ -138,8 +145,8 @@ impl TemplateSpec {
         let mut out = vec![
             format!("CREATE SCHEMA {q}"),
             format!(
-                "SELECT set_config('search_path', '{}, public', true)",
-                q.replace('\'', "''")
+                "SELECT set_config('search_path', '{}', true)",
+                Self::search_path(schema).replace('\'', "''")
             ),
         ];
         out.extend(self.schema_statements().into_iter().map(|s| s.sql));
