@@ -132,6 +132,18 @@ CREATE INDEX batch_items_ready_idx ON tenancy.batch_items (batch_id, next_attemp
     WHERE status = 'queued';
 CREATE INDEX batch_items_slug_idx ON tenancy.batch_items (slug) WHERE status = 'queued';
 
+-- A batch's concurrency slots: a worker holds one (a row lock, FOR UPDATE
+-- SKIP LOCKED) while it works on an item of the batch, so at most
+-- max_concurrent work on it at once. Rows, not advisory locks: a session
+-- without privileges can take any advisory lock (and read its key in
+-- pg_locks), never a row lock here. Made by a trigger with the batch, so
+-- not dumped (a restore makes them again).
+CREATE TABLE tenancy.batch_slots (
+    batch_id uuid    NOT NULL REFERENCES tenancy.batches (id) ON DELETE CASCADE,
+    slot     integer NOT NULL,
+    PRIMARY KEY (batch_id, slot)
+);
+
 SELECT pg_catalog.pg_extension_config_dump('tenancy.batches', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.batch_items', '');
 

@@ -179,13 +179,16 @@ END
 $$;
 
 -- The tables of a shared schema that hold tenants' rows (those with a
--- tenant_id column), in the order they were made.
+-- tenant_id column of type uuid), in the order they were made. Only uuid:
+-- the superuser's code compares and groups that column, and a type of the
+-- owner role's making (with an implicit cast) would run its functions.
 CREATE FUNCTION tenancy._shared_tables(schema_name name) RETURNS SETOF regclass
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT c.oid::regclass FROM pg_class c
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+                       AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
     WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND c.relkind IN ('r', 'p')
       AND NOT c.relispartition
     ORDER BY c.oid

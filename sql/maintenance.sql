@@ -370,29 +370,31 @@ $$;
 -- are due (maintenance step by step). For pg_cron where the worker is not
 -- preloaded: a crash loses at most the unit under way. A procedure (CALL,
 -- outside a transaction block), without SET options or SECURITY DEFINER,
--- which would forbid its COMMITs: everything it calls is qualified.
+-- which would forbid its COMMITs: so it runs with the caller's search_path,
+-- which a database owner can set (ALTER DATABASE ... SET search_path) ahead
+-- of an operator of its own. Everything it names is therefore qualified,
+-- operators too.
 CREATE PROCEDURE tenancy.run_worker_pass(max_items integer DEFAULT 1000, INOUT units integer DEFAULT 0)
 LANGUAGE plpgsql
 AS $$
 DECLARE
     did boolean;
 BEGIN
-    IF max_items IS NULL OR max_items < 1 THEN
+    IF max_items IS NULL OR max_items OPERATOR(pg_catalog.<) 1 THEN
         RAISE EXCEPTION 'max_items must be at least 1, not %', max_items
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     units := 0;
-    WHILE units < max_items LOOP
+    WHILE units OPERATOR(pg_catalog.<) max_items LOOP
         did := tenancy.run_queue_unit();
         COMMIT;
         EXIT WHEN NOT did;
-        units := units + 1;
+        units := units OPERATOR(pg_catalog.+) 1;
     END LOOP;
     LOOP
         PERFORM tenancy.run_due_jobs();
         COMMIT;
-        EXIT WHEN NOT EXISTS (SELECT 1 FROM tenancy.jobs j
-                              WHERE j.progress IS NOT NULL AND j.next_run_at <= pg_catalog.clock_timestamp());
+        EXIT WHEN NOT tenancy.run_due_jobs_pending();
     END LOOP;
 END
 $$;
@@ -404,6 +406,11 @@ $$;
 CREATE FUNCTION tenancy.run_queue_unit() RETURNS boolean
 LANGUAGE sql
 RETURN tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work();
+
+-- A job run in steps still has steps due (run_worker_pass goes on).
+CREATE FUNCTION tenancy.run_due_jobs_pending() RETURNS boolean
+LANGUAGE sql STABLE
+RETURN EXISTS (SELECT 1 FROM tenancy.jobs j WHERE j.progress IS NOT NULL AND j.next_run_at <= clock_timestamp());
 
 CREATE FUNCTION tenancy.run_due_jobs() RETURNS integer
 LANGUAGE plpgsql

@@ -12,12 +12,14 @@ DECLARE
     st record;
     now_ts timestamptz := clock_timestamp();
 BEGIN
-    CREATE TEMP TABLE IF NOT EXISTS tenancy_metrics_now (
+    -- a temporary table of that name the caller made (with a trigger) must
+    -- not be the one this superuser code writes to
+    DROP TABLE IF EXISTS pg_temp.tenancy_metrics_now;
+    CREATE TEMP TABLE tenancy_metrics_now (
         tenant_id uuid, isolation text, table_count integer, row_estimate bigint, total_bytes bigint,
         table_bytes bigint, index_bytes bigint, toast_bytes bigint, dead_tuples bigint,
         last_vacuum timestamptz, last_analyze timestamptz, seq_scans_total bigint, idx_scans_total bigint
     ) ON COMMIT DROP;
-    TRUNCATE tenancy_metrics_now;
 
     INSERT INTO tenancy_metrics_now
     SELECT t.id, 'schema', count(c.oid)::int, coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,

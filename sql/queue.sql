@@ -3,10 +3,19 @@
 -- LOCKED) until that transaction ends, so a worker that dies leaves the item
 -- queued and the tenant unmade, and no two sessions ever make the same item.
 
--- Advisory lock key of a batch's concurrency slots (slot k = second key).
-CREATE FUNCTION tenancy._batch_lock_key(batch uuid) RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN pg_catalog.hashtext('tenancy.batch:' || batch::text);
+-- Every batch gets its max_concurrent slots as it is made.
+CREATE FUNCTION tenancy._make_batch_slots() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO tenancy.batch_slots (batch_id, slot)
+    SELECT NEW.id, g FROM generate_series(0, NEW.max_concurrent - 1) g;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER batches_slots AFTER INSERT ON tenancy.batches
+    FOR EACH ROW EXECUTE FUNCTION tenancy._make_batch_slots();
 
 CREATE FUNCTION tenancy._process_next() RETURNS boolean
 LANGUAGE plpgsql
@@ -15,7 +24,6 @@ AS $$
 DECLARE
     b record;
     it record;
-    got_slot boolean;
     t0 timestamptz;
     new_id uuid;
     err_state text;
@@ -31,15 +39,11 @@ BEGIN
                         AND i.next_attempt_at <= clock_timestamp())
         ORDER BY bt.created_at
     LOOP
-        -- at most max_concurrent sessions work on one batch at a time
-        got_slot := false;
-        FOR k IN 0 .. b.max_concurrent - 1 LOOP
-            IF pg_try_advisory_xact_lock(tenancy._batch_lock_key(b.id), k) THEN
-                got_slot := true;
-                EXIT;
-            END IF;
-        END LOOP;
-        CONTINUE WHEN NOT got_slot;
+        -- at most max_concurrent sessions work on one batch at a time: each
+        -- holds one of its slot rows until its transaction ends
+        PERFORM 1 FROM tenancy.batch_slots s WHERE s.batch_id = b.id
+        ORDER BY s.slot LIMIT 1 FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
 
         SELECT i.* INTO it
         FROM tenancy.batch_items i

@@ -9,6 +9,13 @@
 
 -- A signature that changed: dropped first, made again below.
 DROP FUNCTION tenancy._setup_tenant_role(name, name, boolean);
+-- Batch slots are rows now, not advisory locks anyone could take.
+DROP FUNCTION tenancy._batch_lock_key(uuid);
+CREATE TABLE tenancy.batch_slots (
+    batch_id uuid    NOT NULL REFERENCES tenancy.batches (id) ON DELETE CASCADE,
+    slot     integer NOT NULL,
+    PRIMARY KEY (batch_id, slot)
+);
 -- A SQL function that became the library's (policies keep pointing at it:
 -- CREATE OR REPLACE keeps its OID).
 
@@ -84,9 +91,16 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'retry_backoff_ms_wrapper';
 
-CREATE OR REPLACE FUNCTION tenancy._batch_lock_key(batch uuid) RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN pg_catalog.hashtext('tenancy.batch:' || batch::text);
+CREATE OR REPLACE FUNCTION tenancy._make_batch_slots() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO tenancy.batch_slots (batch_id, slot)
+    SELECT NEW.id, g FROM generate_series(0, NEW.max_concurrent - 1) g;
+    RETURN NULL;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION tenancy._process_next() RETURNS boolean
 LANGUAGE plpgsql
@@ -95,7 +109,6 @@ AS $$
 DECLARE
     b record;
     it record;
-    got_slot boolean;
     t0 timestamptz;
     new_id uuid;
     err_state text;
@@ -111,15 +124,11 @@ BEGIN
                         AND i.next_attempt_at <= clock_timestamp())
         ORDER BY bt.created_at
     LOOP
-        -- at most max_concurrent sessions work on one batch at a time
-        got_slot := false;
-        FOR k IN 0 .. b.max_concurrent - 1 LOOP
-            IF pg_try_advisory_xact_lock(tenancy._batch_lock_key(b.id), k) THEN
-                got_slot := true;
-                EXIT;
-            END IF;
-        END LOOP;
-        CONTINUE WHEN NOT got_slot;
+        -- at most max_concurrent sessions work on one batch at a time: each
+        -- holds one of its slot rows until its transaction ends
+        PERFORM 1 FROM tenancy.batch_slots s WHERE s.batch_id = b.id
+        ORDER BY s.slot LIMIT 1 FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
 
         SELECT i.* INTO it
         FROM tenancy.batch_items i
@@ -679,6 +688,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT c.oid::regclass FROM pg_class c
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+                       AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
     WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND c.relkind IN ('r', 'p')
       AND NOT c.relispartition
     ORDER BY c.oid
@@ -1671,22 +1681,21 @@ AS $$
 DECLARE
     did boolean;
 BEGIN
-    IF max_items IS NULL OR max_items < 1 THEN
+    IF max_items IS NULL OR max_items OPERATOR(pg_catalog.<) 1 THEN
         RAISE EXCEPTION 'max_items must be at least 1, not %', max_items
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     units := 0;
-    WHILE units < max_items LOOP
+    WHILE units OPERATOR(pg_catalog.<) max_items LOOP
         did := tenancy.run_queue_unit();
         COMMIT;
         EXIT WHEN NOT did;
-        units := units + 1;
+        units := units OPERATOR(pg_catalog.+) 1;
     END LOOP;
     LOOP
         PERFORM tenancy.run_due_jobs();
         COMMIT;
-        EXIT WHEN NOT EXISTS (SELECT 1 FROM tenancy.jobs j
-                              WHERE j.progress IS NOT NULL AND j.next_run_at <= pg_catalog.clock_timestamp());
+        EXIT WHEN NOT tenancy.run_due_jobs_pending();
     END LOOP;
 END
 $$;
@@ -1694,6 +1703,10 @@ $$;
 CREATE OR REPLACE FUNCTION tenancy.run_queue_unit() RETURNS boolean
 LANGUAGE sql
 RETURN tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work();
+
+CREATE OR REPLACE FUNCTION tenancy.run_due_jobs_pending() RETURNS boolean
+LANGUAGE sql STABLE
+RETURN EXISTS (SELECT 1 FROM tenancy.jobs j WHERE j.progress IS NOT NULL AND j.next_run_at <= clock_timestamp());
 
 CREATE OR REPLACE FUNCTION tenancy.run_due_jobs() RETURNS integer
 LANGUAGE plpgsql
@@ -1713,12 +1726,14 @@ DECLARE
     st record;
     now_ts timestamptz := clock_timestamp();
 BEGIN
-    CREATE TEMP TABLE IF NOT EXISTS tenancy_metrics_now (
+    -- a temporary table of that name the caller made (with a trigger) must
+    -- not be the one this superuser code writes to
+    DROP TABLE IF EXISTS pg_temp.tenancy_metrics_now;
+    CREATE TEMP TABLE tenancy_metrics_now (
         tenant_id uuid, isolation text, table_count integer, row_estimate bigint, total_bytes bigint,
         table_bytes bigint, index_bytes bigint, toast_bytes bigint, dead_tuples bigint,
         last_vacuum timestamptz, last_analyze timestamptz, seq_scans_total bigint, idx_scans_total bigint
     ) ON COMMIT DROP;
-    TRUNCATE tenancy_metrics_now;
 
     INSERT INTO tenancy_metrics_now
     SELECT t.id, 'schema', count(c.oid)::int, coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,
@@ -2075,6 +2090,11 @@ BEGIN
 END
 $$;
 -- </functions>
+
+CREATE TRIGGER batches_slots AFTER INSERT ON tenancy.batches
+    FOR EACH ROW EXECUTE FUNCTION tenancy._make_batch_slots();
+INSERT INTO tenancy.batch_slots (batch_id, slot)
+SELECT b.id, g FROM tenancy.batches b, generate_series(0, b.max_concurrent - 1) g;
 
 -- The roles of this database and every grant of the extension's objects.
 SELECT tenancy._apply_privileges();

@@ -155,6 +155,148 @@ unsafe fn name_of<'a>(n: *mut pg_sys::Node) -> Option<&'a [u8]> {
     }
 }
 
+/// Ends the pause of a database's workers (its DROP DATABASE failed).
+fn resume_workers_of(db: pg_sys::Oid) {
+    if !shmem::ready() {
+        return;
+    }
+    let mut s = SHARED.exclusive();
+    if let Some(i) = shmem::slot_index(&mut s, db.to_u32(), false) {
+        s.slots[i].paused_until_ms = 0;
+    }
+}
+
+/// A DROP DATABASE that can pass PostgreSQL's checks before it touches the
+/// database: by its owner, at top level, outside a transaction block, not
+/// of the database this session is in. Anything else fails on its own, and
+/// must not stop that database's workers for a minute.
+unsafe fn drop_database_may_run(
+    db: pg_sys::Oid,
+    context: pg_sys::ProcessUtilityContext::Type,
+) -> bool {
+    unsafe {
+        db != pg_sys::InvalidOid
+            && db != pg_sys::MyDatabaseId
+            && context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL
+            && !pg_sys::IsTransactionBlock()
+            && owns_database(db)
+    }
+}
+
+/// Statements that PostgreSQL lets anyone start: they lock their table
+/// before they check the privilege they need (CREATE RULE takes ACCESS
+/// EXCLUSIVE, CREATE TRIGGER SHARE ROW EXCLUSIVE, COMMENT and CREATE
+/// STATISTICS SHARE UPDATE EXCLUSIVE, a child table its parent), so a
+/// session without privileges can queue a lock that every later reader of
+/// the table then waits behind (a worker, set_tenant, a tenant's queries).
+/// On the extension's tables and the tables the owner role owns (tenants'
+/// and shared tables) they are checked here first, before any lock: the
+/// relation, and the privilege PostgreSQL would ask for.
+unsafe fn relations_checked_first(
+    stmt: *mut pg_sys::Node,
+) -> Vec<(*mut pg_sys::RangeVar, &'static str)> {
+    unsafe {
+        match (*stmt).type_ {
+            pg_sys::NodeTag::T_RuleStmt => {
+                vec![((*(stmt as *mut pg_sys::RuleStmt)).relation, "OWNER")]
+            }
+            pg_sys::NodeTag::T_CreateTrigStmt => {
+                vec![((*(stmt as *mut pg_sys::CreateTrigStmt)).relation, "TRIGGER")]
+            }
+            pg_sys::NodeTag::T_CreateStmt => {
+                let c = stmt as *mut pg_sys::CreateStmt;
+                pgrx::PgList::<pg_sys::RangeVar>::from_pg((*c).inhRelations)
+                    .iter_ptr()
+                    .map(|rv| (rv, "OWNER"))
+                    .collect()
+            }
+            pg_sys::NodeTag::T_CreateStatsStmt => {
+                let c = stmt as *mut pg_sys::CreateStatsStmt;
+                pgrx::PgList::<pg_sys::Node>::from_pg((*c).relations)
+                    .iter_ptr()
+                    .filter(|n| (**n).type_ == pg_sys::NodeTag::T_RangeVar)
+                    .map(|n| (n as *mut pg_sys::RangeVar, "OWNER"))
+                    .collect()
+            }
+            pg_sys::NodeTag::T_CommentStmt | pg_sys::NodeTag::T_SecLabelStmt => {
+                let (objtype, object) = if (*stmt).type_ == pg_sys::NodeTag::T_CommentStmt {
+                    let c = stmt as *mut pg_sys::CommentStmt;
+                    ((*c).objtype, (*c).object)
+                } else {
+                    let c = stmt as *mut pg_sys::SecLabelStmt;
+                    ((*c).objtype, (*c).object)
+                };
+                let on_relation = matches!(
+                    objtype,
+                    pg_sys::ObjectType::OBJECT_TABLE
+                        | pg_sys::ObjectType::OBJECT_VIEW
+                        | pg_sys::ObjectType::OBJECT_SEQUENCE
+                        | pg_sys::ObjectType::OBJECT_COLUMN
+                );
+                if !on_relation || object.is_null() || (*object).type_ != pg_sys::NodeTag::T_List {
+                    return vec![];
+                }
+                // a (possibly qualified) name: for a column, without its last part
+                let mut names = pgrx::PgList::<pg_sys::Node>::from_pg(object as *mut pg_sys::List);
+                if objtype == pg_sys::ObjectType::OBJECT_COLUMN && names.len() > 1 {
+                    let list = pg_sys::list_copy(object as *mut pg_sys::List);
+                    names = pgrx::PgList::<pg_sys::Node>::from_pg(pg_sys::list_truncate(
+                        list,
+                        names.len() as i32 - 1,
+                    ));
+                }
+                vec![(pg_sys::makeRangeVarFromNameList(names.as_ptr()), "OWNER")]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+unsafe fn check_before_locking(stmt: *mut pg_sys::Node) {
+    unsafe {
+        for (rv, privilege) in relations_checked_first(stmt) {
+            if rv.is_null() {
+                continue;
+            }
+            let oid = pg_sys::RangeVarGetRelidExtended(
+                rv,
+                pg_sys::NoLock as i32,
+                pg_sys::RVROption::RVR_MISSING_OK,
+                None,
+                std::ptr::null_mut(),
+            );
+            if oid == pg_sys::InvalidOid {
+                continue;
+            }
+            let refused = Spi::get_one_with_args::<bool>(
+                "SELECT (c.relnamespace OPERATOR(pg_catalog.=) e.extnamespace \
+                         OR r.rolname OPERATOR(pg_catalog.=) pg_catalog.concat('tenancy_owner_', \
+                              (SELECT d.oid FROM pg_catalog.pg_database d \
+                               WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()))) \
+                        AND NOT CASE WHEN $2 OPERATOR(pg_catalog.=) 'OWNER' \
+                                     THEN pg_catalog.pg_has_role(CURRENT_USER, c.relowner, 'USAGE') \
+                                     ELSE pg_catalog.has_table_privilege(c.oid, $2) END \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.relowner \
+                 LEFT JOIN pg_catalog.pg_extension e ON e.extname OPERATOR(pg_catalog.=) 'tenancy' \
+                 WHERE c.oid OPERATOR(pg_catalog.=) $1",
+                &[oid.into(), privilege.into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+            if refused {
+                let name = std::ffi::CStr::from_ptr((*rv).relname).to_string_lossy();
+                crate::error::raise_with(
+                    crate::error::sqlstate("42501"),
+                    format!("permission denied for table {name}"),
+                    Some("Checked before any lock is taken: tenancy's tables and tenants' tables cannot be held up by a command that would fail its permission check.".into()),
+                    None,
+                );
+            }
+        }
+    }
+}
+
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
@@ -169,14 +311,16 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     unsafe {
         let stmt = (*pstmt).utilityStmt;
+        let mut paused = None;
         // Only a command that will pass its own permission check stops a
         // worker: who may not drop the database (or the extension) cannot
         // pause the worker by trying.
         if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
             let drop = stmt as *mut pg_sys::DropdbStmt;
             let db = pg_sys::get_database_oid((*drop).dbname, true);
-            if db != pg_sys::InvalidOid && owns_database(db) {
+            if drop_database_may_run(db, context) {
                 stop_workers_of(db, PAUSE_MS);
+                paused = Some(db);
             }
         } else if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_LockStmt {
             refuse_locking_shared_tables(stmt as *mut pg_sys::LockStmt);
@@ -186,8 +330,10 @@ unsafe extern "C-unwind" fn process_utility(
             // starting that the signal missed) before the drop takes locks
             Spi::run(super::DROP_FENCE_EXCLUSIVE)
                 .unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
+        } else if !stmt.is_null() && !pg_sys::superuser() {
+            check_before_locking(stmt);
         }
-        match PREV_PROCESS_UTILITY {
+        let run = || match PREV_PROCESS_UTILITY {
             Some(prev) => prev(
                 pstmt,
                 query_string,
@@ -208,6 +354,17 @@ unsafe extern "C-unwind" fn process_utility(
                 dest,
                 qc,
             ),
+        };
+        match paused {
+            None => run(),
+            // a DROP DATABASE that fails after all (others connected to
+            // it): its workers start again at once
+            Some(db) => PgTryBuilder::new(std::panic::AssertUnwindSafe(run))
+                .catch_others(|e| {
+                    resume_workers_of(db);
+                    e.rethrow()
+                })
+                .execute(),
         }
     }
 }

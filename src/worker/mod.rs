@@ -17,7 +17,7 @@ mod launcher;
 mod scheduler;
 pub mod shmem;
 
-use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::time::Duration;
 
@@ -61,18 +61,56 @@ pub fn wake_on_commit() {
 }
 
 /// The settings of every worker session, over whatever the database or a
-/// role set (`ALTER DATABASE ... SET search_path` by a database owner must
-/// not reach code that runs as the superuser): a search path of the system
-/// catalog alone, and a lock timeout so that they give way to a DBA (a lock
-/// they wait for longer than this makes their statement fail, and the work
-/// is retried later, well before the 1 s deadlock check could pick a DROP
-/// EXTENSION as its victim).
+/// role set: a database owner's `ALTER DATABASE ... SET` (a search_path
+/// ahead of an operator of its own, `application_name = pg_restore`, a
+/// tablespace it cannot use) must neither reach code that runs as the
+/// superuser nor stop it. Every setting that came from the database or a
+/// role goes back to the server's own value; then a search path of the
+/// system catalog alone, and a lock timeout so that the worker gives way to
+/// a DBA (a lock it waits for longer than this makes its statement fail and
+/// the work is retried later, well before the 1 s deadlock check could pick
+/// a DROP EXTENSION as its victim).
 pub fn session_settings() {
+    let from_database = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| {
+            let rows = c.select(
+                "SELECT s.name::text, coalesce((SELECT f.setting FROM pg_catalog.pg_file_settings f \
+                     WHERE f.name OPERATOR(pg_catalog.=) s.name AND f.applied \
+                     ORDER BY f.seqno DESC LIMIT 1), s.boot_val)::text \
+                 FROM pg_catalog.pg_settings s \
+                 WHERE s.source OPERATOR(pg_catalog.=) ANY ('{database,user,database user}'::text[])",
+                None,
+                &[],
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                if let (Some(n), Some(v)) = (r.get::<String>(1)?, r.get::<String>(2)?) {
+                    out.push((n, v));
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .unwrap_or_default()
+    });
+    for (name, value) in &from_database {
+        crate::guc_scope::set_option(
+            name,
+            value,
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucAction::GUC_ACTION_SET,
+        );
+    }
     for (name, value) in [
         ("search_path", "pg_catalog, pg_temp"),
+        ("application_name", "tenancy worker"),
         ("lock_timeout", "500ms"),
         ("statement_timeout", "0"),
+        ("idle_in_transaction_session_timeout", "0"),
         ("default_transaction_read_only", "off"),
+        ("default_transaction_isolation", "read committed"),
+        ("default_tablespace", ""),
+        ("temp_tablespaces", ""),
+        ("default_table_access_method", "heap"),
         ("row_security", "on"),
     ] {
         crate::guc_scope::set_option(

@@ -27,6 +27,7 @@ fn being_restored() -> bool {
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a \
          JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.usesysid AND r.rolsuper \
          WHERE a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+           AND a.backend_type OPERATOR(pg_catalog.=) 'client backend' \
            AND a.application_name OPERATOR(pg_catalog.=) 'pg_restore')",
     )
     .ok()
