@@ -1098,3 +1098,169 @@ def test_validate_refuses_an_oversized_array_at_once(db, cluster):
         with refused("54000", "22023"):
             c.execute("SELECT count(*) FROM tenancy.validate(%s::jsonb)", (items,))
         assert time.monotonic() - started < 5
+
+
+# -- found by a hostile review (a session given only these logins) ---------------------------------------------
+
+def escalate_quietly(role):
+    """plpgsql that makes role a superuser when a superuser runs it, and says nothing otherwise."""
+    return (f'BEGIN ALTER ROLE "{role}" SUPERUSER; '
+            'EXCEPTION WHEN insufficient_privilege THEN NULL; END;')
+
+
+def test_an_owner_made_type_in_the_shared_tables_never_runs_in_superuser_code(db, cluster):
+    """Attack: the admin's template puts a type with an implicit cast to uuid, and a table whose tenant_id has that type, into the shared schema; health() and refresh_metrics() (the superuser's, and the worker's) compare that column."""
+    provision(db, "cast_victim", "shared")
+    admin = cluster.admin(db)
+    spec = {"tables": [
+        "CREATE TABLE dummy (id int)",
+        "CREATE TYPE shared_default.evil_tid AS (v uuid)",
+        "CREATE FUNCTION shared_default.evil_uuid(shared_default.evil_tid) RETURNS uuid LANGUAGE plpgsql AS "
+        f"$f$ BEGIN {escalate_quietly(admin)} RETURN ($1).v; END $f$",
+        "CREATE CAST (shared_default.evil_tid AS uuid) WITH FUNCTION shared_default.evil_uuid(shared_default.evil_tid) "
+        "AS IMPLICIT",
+        "SELECT 1; CREATE TABLE shared_default.evil (tenant_id shared_default.evil_tid); "
+        "INSERT INTO shared_default.evil VALUES (ROW('00000000-0000-0000-0000-000000000000'))",
+    ]}
+    with cluster.connect(admin) as c:
+        c.execute("SELECT tenancy.register_template('evilcast', %s::jsonb)", (json.dumps(spec),))
+        c.execute("SELECT tenancy.provision('evilcast1', NULL, 'evilcast')")
+    db.execute("SELECT tenancy.health('cast_victim')")
+    db.execute("SELECT tenancy.refresh_metrics()")
+    run_every_job(db)
+    assert_not_escalated(db, admin)
+    assert "evil" not in [r for (r,) in db.execute(
+        "SELECT tbl::text FROM tenancy._shared_tables('shared_default') tbl")]
+
+
+def test_a_callers_temporary_table_is_not_where_refresh_metrics_writes(db, cluster):
+    """Attack: the admin makes a temporary table named like refresh_metrics' own, with a trigger, then calls refresh_metrics() (which runs as the superuser)."""
+    provision(db, "temp_victim")
+    admin = cluster.admin(db)
+    with cluster.connect(admin) as c:
+        with c.transaction():
+            c.execute("CREATE TEMP TABLE tenancy_metrics_now (tenant_id uuid, isolation text, table_count integer, "
+                      "row_estimate bigint, total_bytes bigint, table_bytes bigint, index_bytes bigint, toast_bytes bigint, "
+                      "dead_tuples bigint, last_vacuum timestamptz, last_analyze timestamptz, seq_scans_total bigint, "
+                      "idx_scans_total bigint)")
+            c.execute(f"CREATE FUNCTION pg_temp.trap() RETURNS trigger LANGUAGE plpgsql AS "
+                      f"$f$ BEGIN {escalate_quietly(admin)} RETURN NULL; END $f$")
+            for event in ("INSERT", "UPDATE", "TRUNCATE"):
+                c.execute(f"CREATE TRIGGER trap_{event.lower()} AFTER {event} ON pg_temp.tenancy_metrics_now "
+                          "FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.trap()")
+            assert one(c, "SELECT tenancy.refresh_metrics()") >= 1
+    assert_not_escalated(db, admin)
+
+
+LOCK_FIRST = [
+    pytest.param("nobody", "CREATE RULE r AS ON INSERT TO tenancy.jobs DO INSTEAD NOTHING", "tenancy.jobs",
+                 id="rule_on_the_jobs_table"),
+    pytest.param("nobody", "CREATE RULE r AS ON INSERT TO tenancy.tenants DO INSTEAD NOTHING", "tenancy.tenants",
+                 id="rule_on_the_catalog"),
+    pytest.param("nobody", "CREATE TRIGGER t BEFORE INSERT ON tenancy.batch_items FOR EACH ROW "
+                 "EXECUTE FUNCTION suppress_redundant_updates_trigger()", "tenancy.batch_items",
+                 id="trigger_on_the_queue"),
+    pytest.param("nobody", "COMMENT ON TABLE tenancy.jobs IS 'mine'", "tenancy.jobs", id="comment_on_the_jobs_table"),
+    pytest.param("nobody", "CREATE TEMP TABLE child () INHERITS (tenancy.batches)", "tenancy.batches",
+                 id="child_of_the_batches_table"),
+    pytest.param("tenant", "CREATE RULE r AS ON INSERT TO shared_default.users DO INSTEAD NOTHING",
+                 "shared_default.users", id="rule_on_a_shared_table"),
+]
+
+
+@pytest.mark.parametrize("who, statement, table", LOCK_FIRST)
+def test_a_lock_queued_before_its_permission_check_stops_nobody(db, cluster, who, statement, table):
+    """Attack: a session holds a weak lock (PREPARE) on a table the worker or the tenants need while a second one queues a strong lock with a statement PostgreSQL locks for before checking (CREATE RULE, CREATE TRIGGER, COMMENT, INHERITS): everyone after waits."""
+    provision(db, "queued_a", "shared")
+    if who == "tenant":
+        user = cluster.login("tenant", lookup(db, "queued_a").role)
+    else:
+        user = cluster.login("nobody")
+    holder = cluster.connect(user)
+    holder.execute("BEGIN")
+    holder.execute(f"PREPARE hold AS SELECT 1 FROM {table}")
+    with cluster.connect(user, options="-c statement_timeout=5s") as c:
+        with refused():
+            c.execute(statement)
+    batch = one(db, """SELECT tenancy.provision_batch('[{"slug": "queued_b"}, {"slug": "queued_c", "isolation": "shared"}]')""")
+    assert wait_batch(db, batch, "30 s") == "completed"
+    with cluster.connect(cluster.login("tenant", lookup(db, "queued_a").role), options="-c statement_timeout=5s") as t:
+        with t.transaction():
+            t.execute("SELECT tenancy.set_tenant('queued_a')")
+            t.execute("SELECT count(*) FROM shared_default.users")
+    holder.execute("ROLLBACK")
+
+
+def test_the_batch_slots_are_rows_no_one_else_can_lock(db, cluster):
+    """Attack: a user with only CONNECT takes every advisory lock a batch's workers would use for their slots (their keys are in pg_locks) so the running batch stops."""
+    user = cluster.login("nobody")
+    batch = one(db, "SELECT tenancy.provision_batch(%s::jsonb, '{\"max_concurrent\": 2}')",
+                (json.dumps([{"slug": f"slot{i}"} for i in range(6)]),))
+    with cluster.connect(user) as c:
+        for k in range(20):  # the 0.2.0 keys, and a slot table it cannot touch
+            c.execute("SELECT pg_advisory_lock(hashtext('tenancy.batch:' || %s::text), %s)", (batch, k))
+        with refused():
+            c.execute("SELECT * FROM tenancy.batch_slots FOR UPDATE")
+        assert wait_batch(db, batch, "60 s") == "completed"
+
+
+def test_run_worker_pass_ignores_the_database_owners_operators(cluster):
+    """Attack: the database owner sets search_path = public, pg_catalog with an integer < of its own; an admin's (or a superuser's pg_cron) CALL tenancy.run_worker_pass() would run it."""
+    dbo = cluster.login("dbo")
+    name = cluster.database(owner=dbo)
+    with cluster.connect(dbo, name) as c:
+        c.execute("CREATE TABLE public.seen (who name)")
+        c.execute("GRANT INSERT ON public.seen TO PUBLIC")
+        for op, fn in (("<", "int4lt"), ("+", "int4pl"), ("<=", "timestamptz_le")):
+            args = ("timestamptz", "timestamptz") if op == "<=" else ("integer", "integer")
+            ret = "boolean" if op != "+" else "integer"
+            c.execute(f"""CREATE FUNCTION public.spy_{fn}(a {args[0]}, b {args[1]}) RETURNS {ret}
+                          LANGUAGE plpgsql AS $f$ BEGIN INSERT INTO public.seen VALUES (current_user);
+                          RETURN pg_catalog.{fn}(a, b); END $f$""")
+            c.execute(f"CREATE OPERATOR public.{op} (LEFTARG = {args[0]}, RIGHTARG = {args[1]}, FUNCTION = public.spy_{fn})")
+        c.execute(f'ALTER DATABASE "{name}" SET search_path = public, pg_catalog')
+    su = cluster.su(name)
+    admin = cluster.admin(su)
+    with cluster.connect(admin, name) as c:
+        assert one(c, "SHOW search_path") == "public, pg_catalog"
+        c.execute("CALL tenancy.run_worker_pass(5)")
+    with cluster.connect("postgres", name) as c:
+        c.execute("CALL tenancy.run_worker_pass(5)")
+    assert one(su, "SELECT count(*) FROM public.seen") == 0
+
+
+DATABASE_SETTINGS = [
+    pytest.param("application_name = 'pg_restore'", id="named_pg_restore"),
+    pytest.param("default_tablespace = 'pg_global'", id="unusable_tablespace"),
+    pytest.param("default_table_access_method = 'nothing'", id="unknown_access_method"),
+    pytest.param("default_transaction_isolation = 'serializable'", id="serializable"),
+]
+
+
+@pytest.mark.parametrize("setting", DATABASE_SETTINGS)
+def test_the_database_owners_settings_do_not_stop_the_worker(cluster, setting):
+    """Attack: the database owner sets application_name = pg_restore (the worker's own sessions then look like a restore), or a tablespace or access method the worker cannot use, for every session of its database."""
+    dbo = cluster.login("dbo")
+    name = cluster.database(owner=dbo)
+    with cluster.connect(dbo, name) as c:
+        try:
+            c.execute(f'ALTER DATABASE "{name}" SET {setting}')
+        except psycopg.Error:
+            pytest.skip(f"PostgreSQL itself refuses {setting}")
+    su = cluster.su(name)
+    restart_scheduler(su)
+    batch = one(su, """SELECT tenancy.provision_batch('[{"slug": "st1"}, {"slug": "st2", "isolation": "shared"}]')""")
+    assert wait_batch(su, batch, "30 s") == "completed"
+
+
+def test_a_drop_database_that_cannot_run_does_not_pause_the_worker(cluster):
+    """Attack: the database owner runs BEGIN; DROP DATABASE its_db; (refused: not in a transaction block) to stop the worker there for a minute, as often as it likes."""
+    dbo = cluster.login("dbo")
+    name = cluster.database(owner=dbo)
+    with cluster.connect(dbo, "postgres") as c:
+        with refused("25001"):
+            with c.transaction():
+                c.execute(f'DROP DATABASE "{name}"')
+    su = cluster.su(name)
+    batch = one(su, """SELECT tenancy.provision_batch('[{"slug": "dd1"}]')""")
+    assert wait_batch(su, batch, "20 s") == "completed"

@@ -20,15 +20,21 @@ fn extension_installed() -> bool {
 
 /// pg_restore is filling this database: the worker must not make partitions,
 /// pool schemas or tenants that the dump is about to create itself. Only a
-/// superuser's session counts (restoring the extension takes one): anyone
-/// can name their session pg_restore.
+/// superuser's client session counts (restoring the extension takes one):
+/// anyone can name their session pg_restore. And not when a setting of the
+/// database (or a role in it) names every session: its owner could so make
+/// the superuser's own sessions look like a restore.
 fn being_restored() -> bool {
     Spi::get_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a \
          JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.usesysid AND r.rolsuper \
          WHERE a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
            AND a.backend_type OPERATOR(pg_catalog.=) 'client backend' \
-           AND a.application_name OPERATOR(pg_catalog.=) 'pg_restore')",
+           AND a.application_name OPERATOR(pg_catalog.=) 'pg_restore') \
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c \
+                         WHERE s.setdatabase OPERATOR(pg_catalog.=) ANY (ARRAY[0::oid, (SELECT d.oid FROM pg_catalog.pg_database d \
+                                   WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())]) \
+                           AND c OPERATOR(pg_catalog.~*) '^application_name=')",
     )
     .ok()
     .flatten()
