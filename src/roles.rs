@@ -141,6 +141,9 @@ pub fn in_owner_scope() -> bool {
 /// nothing a user can define) with the bootstrap superuser's rights, for
 /// code any session calls (`current_tenant_id`) that must read the catalog.
 pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    // the caller's search_path is not for the superuser's queries
+    let scope = crate::guc_scope::GucScope::new();
+    scope.set("search_path", "pg_catalog, pg_temp");
     let (mut user, mut sec) = (pg_sys::InvalidOid, 0);
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);

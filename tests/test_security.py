@@ -1264,3 +1264,39 @@ def test_a_drop_database_that_cannot_run_does_not_pause_the_worker(cluster):
     su = cluster.su(name)
     batch = one(su, """SELECT tenancy.provision_batch('[{"slug": "dd1"}]')""")
     assert wait_batch(su, batch, "20 s") == "completed"
+
+
+def test_set_tenant_tells_a_stranger_nothing(db, cluster):
+    """Attack: a user with only CONNECT calls set_tenant with a tenant's id (to learn its slug) or with guesses (to learn which tenants exist)."""
+    provision(db, "hidden_slug")
+    victim = lookup(db, "hidden_slug")
+    user = cluster.login("nobody")
+    with cluster.connect(user) as c:
+        answers = []
+        for guess in (str(victim.id), "hidden_slug", "no_such_slug", str(uuid.uuid4())):
+            with refused() as caught:
+                c.execute("SELECT tenancy.set_tenant(%s)", (guess,))
+            # the answer names what was asked, never the slug behind an id
+            assert guess == "hidden_slug" or "hidden_slug" not in str(caught.value)
+            answers.append(caught.value.sqlstate)
+        assert set(answers) == {"42501"}
+
+
+def test_set_tenant_ignores_the_callers_operators(db, cluster):
+    """Attack: a user with only CONNECT puts a schema of its own, with = operators for the types set_tenant compares, ahead of pg_catalog, then calls set_tenant (which runs as the extension's owner)."""
+    provision(db, "op_victim", "shared")
+    user = cluster.login("nobody")
+    db.execute(f'GRANT CREATE ON DATABASE "{cluster.db}" TO "{user}"')
+    with cluster.connect(user) as c:
+        c.execute("CREATE SCHEMA evil")
+        for i, (left, right) in enumerate([("oid", "oid"), ("name", "name"), ("text", "text"), ("uuid", "uuid"),
+                                           ("name", "text"), ("text", "name")]):
+            c.execute(f"""CREATE FUNCTION evil.eq{i}(a {left}, b {right}) RETURNS boolean LANGUAGE plpgsql AS
+                          $f$ BEGIN {escalate_quietly(user)} RETURN true; END $f$""")
+            c.execute(f"CREATE OPERATOR evil.= (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = evil.eq{i})")
+        c.execute("SET search_path = evil, pg_catalog")
+        for guess in ("op_victim", str(uuid.uuid4())):
+            with refused():
+                c.execute("SELECT tenancy.set_tenant(%s)", (guess,))
+        c.execute("SELECT tenancy.current_tenant_id()")
+    assert_not_escalated(db, user)

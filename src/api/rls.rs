@@ -166,19 +166,26 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
         })
         .or_raise()
     };
-    let Some((Some(id), slug, status, isolation, schema, allowed)) = found else {
-        raise(TenancyError::UnknownTenant(tenant.to_string()));
-    };
-    if !allowed {
+    // Who may not act as the tenant learns nothing of it: not its slug (from
+    // an id), not whether it exists (the same 42501 either way).
+    let denied = || -> ! {
         raise_with(
             sqlstate("42501"),
-            format!("permission denied to act as tenant {slug:?}"),
+            format!("permission denied to act as tenant {tenant:?}"),
             None,
             Some(format!(
-                "Grant the tenant's role (tenancy.tenants.role_name: {}) or {admin} to the role that calls set_tenant.",
-                crate::roles::tenant_role(&slug)
+                "Grant the tenant's role (tenancy.tenants.role_name) or {admin} to the role that calls set_tenant."
             )),
-        );
+        )
+    };
+    let Some((Some(id), slug, status, isolation, schema, allowed)) = found else {
+        if may_see_every_tenant(caller, &admin) {
+            raise(TenancyError::UnknownTenant(tenant.to_string()));
+        }
+        denied()
+    };
+    if !allowed {
+        denied();
     }
     if status != "active" {
         raise(TenancyError::WrongStatus {
@@ -198,6 +205,20 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
         }
     }
     Some(id)
+}
+
+/// A superuser or a member of this database's admin role.
+fn may_see_every_tenant(caller: pg_sys::Oid, admin: &str) -> bool {
+    // set_tenant runs with the caller's search_path: not for our queries
+    let scope = GucScope::new();
+    scope.set("search_path", "pg_catalog, pg_temp");
+    crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
+        "SELECT r.rolsuper OR (EXISTS (SELECT 1 FROM pg_catalog.pg_roles a WHERE a.rolname = $2) \
+                               AND pg_catalog.pg_has_role($1, $2, 'MEMBER')) \
+         FROM pg_catalog.pg_roles r WHERE r.oid = $1",
+        &[caller.into(), admin.into()],
+    ))
+    .unwrap_or(false)
 }
 
 /// Creates the template's shared schema and tables, with RLS on every table
