@@ -14,7 +14,9 @@ DECLARE
 BEGIN
     -- a temporary table of that name the caller made (with a trigger) must
     -- not be the one this superuser code writes to
-    DROP TABLE IF EXISTS pg_temp.tenancy_metrics_now;
+    IF to_regclass('pg_temp.tenancy_metrics_now') IS NOT NULL THEN
+        DROP TABLE pg_temp.tenancy_metrics_now;
+    END IF;
     CREATE TEMP TABLE tenancy_metrics_now (
         tenant_id uuid, isolation text, table_count integer, row_estimate bigint, total_bytes bigint,
         table_bytes bigint, index_bytes bigint, toast_bytes bigint, dead_tuples bigint,

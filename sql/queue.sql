@@ -304,6 +304,13 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Call wait_batch in a later transaction: SELECT tenancy.provision_batch(...) \gset, then SELECT tenancy.wait_batch(...).';
     END IF;
+    -- a snapshot taken once would never see the worker's commits
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'wait_batch needs READ COMMITTED: under % it would never see the batch end',
+                        current_setting('transaction_isolation')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'SET default_transaction_isolation = ''read committed'', or poll tenancy.batch_status() from new transactions.';
+    END IF;
     LOOP
         SELECT status INTO st FROM tenancy.batches WHERE id = batch;
         IF NOT FOUND THEN

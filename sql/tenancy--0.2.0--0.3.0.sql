@@ -381,6 +381,13 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Call wait_batch in a later transaction: SELECT tenancy.provision_batch(...) \gset, then SELECT tenancy.wait_batch(...).';
     END IF;
+    -- a snapshot taken once would never see the worker's commits
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'wait_batch needs READ COMMITTED: under % it would never see the batch end',
+                        current_setting('transaction_isolation')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'SET default_transaction_isolation = ''read committed'', or poll tenancy.batch_status() from new transactions.';
+    END IF;
     LOOP
         SELECT status INTO st FROM tenancy.batches WHERE id = batch;
         IF NOT FOUND THEN
@@ -1728,7 +1735,9 @@ DECLARE
 BEGIN
     -- a temporary table of that name the caller made (with a trigger) must
     -- not be the one this superuser code writes to
-    DROP TABLE IF EXISTS pg_temp.tenancy_metrics_now;
+    IF to_regclass('pg_temp.tenancy_metrics_now') IS NOT NULL THEN
+        DROP TABLE pg_temp.tenancy_metrics_now;
+    END IF;
     CREATE TEMP TABLE tenancy_metrics_now (
         tenant_id uuid, isolation text, table_count integer, row_estimate bigint, total_bytes bigint,
         table_bytes bigint, index_bytes bigint, toast_bytes bigint, dead_tuples bigint,

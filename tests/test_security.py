@@ -27,7 +27,8 @@ from conftest import connect, wait_batch, wait_for
 # Superuser sessions that a test opens in a database whose owner may have
 # set traps with ALTER DATABASE ... SET: the client's options win over those.
 SAFE = ("-c search_path=pg_catalog,public -c default_transaction_read_only=off "
-        "-c statement_timeout=0 -c lock_timeout=0 -c row_security=on")
+        "-c statement_timeout=0 -c lock_timeout=0 -c row_security=on "
+        "-c default_transaction_isolation=read\\ committed")
 
 ROLES_OF_DATABASE = "SELECT rolname FROM pg_roles WHERE rolname LIKE %s OR rolname ~ %s ORDER BY 1"
 
@@ -1163,6 +1164,15 @@ LOCK_FIRST = [
     pytest.param("nobody", "COMMENT ON TABLE tenancy.jobs IS 'mine'", "tenancy.jobs", id="comment_on_the_jobs_table"),
     pytest.param("nobody", "CREATE TEMP TABLE child () INHERITS (tenancy.batches)", "tenancy.batches",
                  id="child_of_the_batches_table"),
+    pytest.param("nobody", "CREATE TEMP TABLE tp (name text) PARTITION BY LIST (name); "
+                 "ALTER TABLE tp ATTACH PARTITION tenancy.jobs FOR VALUES IN ('x')", "tenancy.jobs",
+                 id="attach_the_jobs_table"),
+    pytest.param("nobody", "CREATE TEMP TABLE orphan (a int); ALTER TABLE orphan INHERIT tenancy.tenants",
+                 "tenancy.tenants", id="inherit_the_catalog"),
+    pytest.param("nobody", "CREATE TEMP TABLE fk (id uuid REFERENCES tenancy.tenants)", "tenancy.tenants",
+                 id="foreign_key_to_the_catalog"),
+    pytest.param("tenant", "CREATE TEMP TABLE fk (t uuid, id uuid, FOREIGN KEY (t, id) REFERENCES shared_default.users)",
+                 "shared_default.users", id="foreign_key_to_a_shared_table"),
     pytest.param("tenant", "CREATE RULE r AS ON INSERT TO shared_default.users DO INSTEAD NOTHING",
                  "shared_default.users", id="rule_on_a_shared_table"),
 ]

@@ -186,7 +186,8 @@ unsafe fn drop_database_may_run(
 /// Statements that PostgreSQL lets anyone start: they lock their table
 /// before they check the privilege they need (CREATE RULE takes ACCESS
 /// EXCLUSIVE, CREATE TRIGGER SHARE ROW EXCLUSIVE, COMMENT and CREATE
-/// STATISTICS SHARE UPDATE EXCLUSIVE, a child table its parent), so a
+/// STATISTICS SHARE UPDATE EXCLUSIVE, a child table its parent, ATTACH
+/// PARTITION the partition, a foreign key the table it references), so a
 /// session without privileges can queue a lock that every later reader of
 /// the table then waits behind (a worker, set_tenant, a tenant's queries).
 /// On the extension's tables and the tables the owner role owns (tenants'
@@ -205,10 +206,51 @@ unsafe fn relations_checked_first(
             }
             pg_sys::NodeTag::T_CreateStmt => {
                 let c = stmt as *mut pg_sys::CreateStmt;
-                pgrx::PgList::<pg_sys::RangeVar>::from_pg((*c).inhRelations)
+                let mut out: Vec<_> = pgrx::PgList::<pg_sys::RangeVar>::from_pg((*c).inhRelations)
                     .iter_ptr()
                     .map(|rv| (rv, "OWNER"))
-                    .collect()
+                    .collect();
+                // foreign keys, as table constraints or on a column
+                for elt in pgrx::PgList::<pg_sys::Node>::from_pg((*c).tableElts).iter_ptr() {
+                    if (*elt).type_ == pg_sys::NodeTag::T_ColumnDef {
+                        let col = elt as *mut pg_sys::ColumnDef;
+                        for con in
+                            pgrx::PgList::<pg_sys::Node>::from_pg((*col).constraints).iter_ptr()
+                        {
+                            out.extend(referenced_table(con));
+                        }
+                    } else {
+                        out.extend(referenced_table(elt));
+                    }
+                }
+                out
+            }
+            pg_sys::NodeTag::T_AlterTableStmt => {
+                // the table named by ALTER TABLE is checked by PostgreSQL
+                // first; the ones its commands name are not
+                let a = stmt as *mut pg_sys::AlterTableStmt;
+                let mut out = Vec::new();
+                for cmd in pgrx::PgList::<pg_sys::AlterTableCmd>::from_pg((*a).cmds).iter_ptr() {
+                    let def = (*cmd).def;
+                    if def.is_null() {
+                        continue;
+                    }
+                    match (*cmd).subtype {
+                        pg_sys::AlterTableType::AT_AttachPartition
+                        | pg_sys::AlterTableType::AT_DetachPartition => {
+                            out.push(((*(def as *mut pg_sys::PartitionCmd)).name, "OWNER"))
+                        }
+                        pg_sys::AlterTableType::AT_AddInherit
+                        | pg_sys::AlterTableType::AT_DropInherit => {
+                            out.push((def as *mut pg_sys::RangeVar, "OWNER"))
+                        }
+                        pg_sys::AlterTableType::AT_AddConstraint => {
+                            out.extend(referenced_table(def))
+                        }
+                        _ => {}
+                    }
+                }
+                out
             }
             pg_sys::NodeTag::T_CreateStatsStmt => {
                 let c = stmt as *mut pg_sys::CreateStatsStmt;
@@ -249,6 +291,21 @@ unsafe fn relations_checked_first(
             }
             _ => vec![],
         }
+    }
+}
+
+/// The table a FOREIGN KEY constraint references (it is locked before the
+/// REFERENCES privilege is checked).
+unsafe fn referenced_table(
+    node: *mut pg_sys::Node,
+) -> Option<(*mut pg_sys::RangeVar, &'static str)> {
+    unsafe {
+        if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_Constraint {
+            return None;
+        }
+        let con = node as *mut pg_sys::Constraint;
+        ((*con).contype == pg_sys::ConstrType::CONSTR_FOREIGN)
+            .then(|| ((*con).pktable, "REFERENCES"))
     }
 }
 
