@@ -51,11 +51,24 @@ pub fn tenant_role(slug: &str) -> String {
 /// UPDATE` not run yet, and `health()` says so): there is no owner role, and
 /// the library does what that release did until the update moves it over.
 pub fn legacy_catalog() -> bool {
-    crate::catalog::one_or_none(Spi::get_one::<bool>(
+    // once current, a database's catalog stays so for this backend (only
+    // DROP EXTENSION and CREATE EXTENSION VERSION '0.2.0' in this very
+    // session could go back): asked once, not on every provision
+    if CURRENT_CATALOG.with(|c| c.get()) {
+        return false;
+    }
+    let legacy = crate::catalog::one_or_none(Spi::get_one::<bool>(
         "SELECT extversion OPERATOR(pg_catalog.=) ANY ('{0.1.0,0.2.0}'::text[]) \
          FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'tenancy'",
-    ))
-    .unwrap_or(false)
+    ));
+    if legacy == Some(false) {
+        CURRENT_CATALOG.with(|c| c.set(true));
+    }
+    legacy.unwrap_or(false)
+}
+
+thread_local! {
+    static CURRENT_CATALOG: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The OID of a role, or `None`.

@@ -61,6 +61,18 @@ thread_local! {
     });
 }
 
+/// Records what this backend just read of a tenant (set_tenant reads its
+/// status anyway: the policy's first query then needs no look-up).
+fn know_tenant(bytes: [u8; 16], active: bool) {
+    KNOWN.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.status.len() >= KNOWN_MAX {
+            k.status.clear();
+        }
+        k.status.insert(bytes, active);
+    });
+}
+
 fn active_tenant(bytes: [u8; 16]) -> bool {
     if let Some(active) = KNOWN.with(|k| k.borrow().status.get(&bytes).copied()) {
         return active;
@@ -78,14 +90,8 @@ fn active_tenant(bytes: [u8; 16]) -> bool {
         .unwrap_or(pg_sys::InvalidOid);
         (active, rel)
     });
-    KNOWN.with(|k| {
-        let mut k = k.borrow_mut();
-        if k.status.len() >= KNOWN_MAX {
-            k.status.clear();
-        }
-        k.tenants_rel = rel;
-        k.status.insert(bytes, active);
-    });
+    KNOWN.with(|k| k.borrow_mut().tenants_rel = rel);
+    know_tenant(bytes, active);
     active
 }
 
@@ -195,6 +201,11 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
         });
     }
     set_guc("tenancy.tenant_id", &id.to_string(), is_local);
+    // only once the table's OID is known can an invalidation of it be told
+    // from others: until then current_tenant_id looks the tenant up itself
+    if KNOWN.with(|k| k.borrow().tenants_rel != pg_sys::InvalidOid) {
+        know_tenant(*id.as_bytes(), true);
+    }
     if isolation == "schema" {
         if let Some(schema) = schema {
             set_guc(
