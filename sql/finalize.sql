@@ -57,9 +57,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    db oid := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
-    admin name := 'tenancy_admin_' || db;
-    owner name := 'tenancy_owner_' || db;
+    admin name := tenancy._db_role('admin');
+    owner name := tenancy._db_role('owner');
     r record;
     role name;
 BEGIN
@@ -69,18 +68,17 @@ BEGIN
             ('all_tenants', 'NOLOGIN NOINHERIT BYPASSRLS'),
             ('owner', 'NOLOGIN NOINHERIT'),
             ('shared', 'NOLOGIN NOINHERIT')) v(kind, options) LOOP
-        role := format('tenancy_%s_%s', r.kind, db);
+        role := tenancy._db_role(r.kind);
         IF NOT EXISTS (SELECT 1 FROM pg_roles x WHERE x.rolname = role) THEN
             EXECUTE format('CREATE ROLE %I %s', role, r.options);
-            EXECUTE format('COMMENT ON ROLE %I IS %L', role,
-                           format('tenancy role of database %s: %s (made in database %s)', db, r.kind, current_database()));
+            EXECUTE format('COMMENT ON ROLE %I IS %L', role, tenancy._role_comment(r.kind));
         ELSIF NOT tenancy._is_own_role(role) THEN
             RAISE EXCEPTION 'role % exists and was not made by tenancy for this database', role
                 USING ERRCODE = 'duplicate_object',
                       HINT = 'Drop or rename that role, then run the command again.';
         END IF;
     END LOOP;
-    EXECUTE format('GRANT %I TO %I', 'tenancy_all_tenants_' || db, admin);
+    EXECUTE format('GRANT %I TO %I', tenancy._db_role('all_tenants'), admin);
 
     -- internal helpers (_*) stay the extension owner's
     REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenancy FROM PUBLIC;

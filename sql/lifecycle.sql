@@ -40,6 +40,14 @@ AS $$
                      WHERE r.rolname = role_name AND d.datname = current_database()), false)
 $$;
 
+-- The comment that marks a role as tenancy's for this database
+-- (_is_own_role and _orphan_roles read it): what it is for, after the OID.
+CREATE FUNCTION tenancy._role_comment(what text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN format('tenancy role of database %s: %s (made in database %s)',
+              (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()), what, current_database());
+
 -- The name of one of this database's own roles: admin, all_tenants, owner, shared.
 CREATE FUNCTION tenancy._db_role(kind text) RETURNS name
 LANGUAGE sql STABLE
@@ -92,9 +100,7 @@ BEGIN
     END IF;
     EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
     EXECUTE format('COMMENT ON ROLE %I IS %L', role_name,
-                   format('tenancy role of database %s: tenant, schema %s (made in database %s)',
-                          (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()),
-                          schema_name, current_database()));
+                   tenancy._role_comment(format('tenant, schema %s', schema_name)));
     IF shared THEN
         EXECUTE format('GRANT %I TO %I', tenancy._db_role('shared'), role_name);
         RETURN;

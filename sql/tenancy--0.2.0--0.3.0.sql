@@ -24,8 +24,7 @@ CREATE TABLE tenancy.batch_slots (
 -- <functions>
 CREATE OR REPLACE FUNCTION "_as_owner"(
 	"sql" TEXT, /* & str */
-	"tenant" uuid, /* Option < Uuid > */
-	"schema" TEXT DEFAULT NULL /* Option < & str > */
+	"tenant" uuid /* Option < Uuid > */
 ) RETURNS jsonb /* JsonB */
 
 LANGUAGE c /* Rust */
@@ -565,6 +564,12 @@ AS $$
                      WHERE r.rolname = role_name AND d.datname = current_database()), false)
 $$;
 
+CREATE OR REPLACE FUNCTION tenancy._role_comment(what text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN format('tenancy role of database %s: %s (made in database %s)',
+              (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()), what, current_database());
+
 CREATE OR REPLACE FUNCTION tenancy._db_role(kind text) RETURNS name
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -606,9 +611,7 @@ BEGIN
     END IF;
     EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
     EXECUTE format('COMMENT ON ROLE %I IS %L', role_name,
-                   format('tenancy role of database %s: tenant, schema %s (made in database %s)',
-                          (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()),
-                          schema_name, current_database()));
+                   tenancy._role_comment(format('tenant, schema %s', schema_name)));
     IF shared THEN
         EXECUTE format('GRANT %I TO %I', tenancy._db_role('shared'), role_name);
         RETURN;
@@ -2030,9 +2033,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    db oid := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
-    admin name := 'tenancy_admin_' || db;
-    owner name := 'tenancy_owner_' || db;
+    admin name := tenancy._db_role('admin');
+    owner name := tenancy._db_role('owner');
     r record;
     role name;
 BEGIN
@@ -2042,18 +2044,17 @@ BEGIN
             ('all_tenants', 'NOLOGIN NOINHERIT BYPASSRLS'),
             ('owner', 'NOLOGIN NOINHERIT'),
             ('shared', 'NOLOGIN NOINHERIT')) v(kind, options) LOOP
-        role := format('tenancy_%s_%s', r.kind, db);
+        role := tenancy._db_role(r.kind);
         IF NOT EXISTS (SELECT 1 FROM pg_roles x WHERE x.rolname = role) THEN
             EXECUTE format('CREATE ROLE %I %s', role, r.options);
-            EXECUTE format('COMMENT ON ROLE %I IS %L', role,
-                           format('tenancy role of database %s: %s (made in database %s)', db, r.kind, current_database()));
+            EXECUTE format('COMMENT ON ROLE %I IS %L', role, tenancy._role_comment(r.kind));
         ELSIF NOT tenancy._is_own_role(role) THEN
             RAISE EXCEPTION 'role % exists and was not made by tenancy for this database', role
                 USING ERRCODE = 'duplicate_object',
                       HINT = 'Drop or rename that role, then run the command again.';
         END IF;
     END LOOP;
-    EXECUTE format('GRANT %I TO %I', 'tenancy_all_tenants_' || db, admin);
+    EXECUTE format('GRANT %I TO %I', tenancy._db_role('all_tenants'), admin);
 
     -- internal helpers (_*) stay the extension owner's
     REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenancy FROM PUBLIC;
@@ -2229,8 +2230,7 @@ BEGIN
             EXECUTE format('ALTER ROLE %I RENAME TO %I', t.role_name, new_role);
             EXECUTE format('ALTER ROLE %I INHERIT', new_role);
             EXECUTE format('COMMENT ON ROLE %I IS %L', new_role,
-                           format('tenancy role of database %s: tenant, schema %s (made in database %s)',
-                                  db, s, current_database()));
+                           tenancy._role_comment(format('tenant, schema %s', s)));
             IF t.isolation = 'shared' THEN
                 -- row rights come from the shared role, once a table has its policy
                 EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', s, new_role);

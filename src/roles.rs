@@ -177,11 +177,8 @@ pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
 /// Returns the first column of the first row when the statement returns
 /// rows, else the number of rows it processed.
 #[pg_extern(name = "_as_owner")]
-fn as_owner_sql(sql: &str, tenant: Option<Uuid>, schema: default!(Option<&str>, "NULL")) -> JsonB {
-    let path = schema
-        .map(owner_search_path)
-        .unwrap_or_else(|| "pg_catalog, pg_temp".to_string());
-    as_owner(&path, tenant, || {
+fn as_owner_sql(sql: &str, tenant: Option<Uuid>) -> JsonB {
+    as_owner("pg_catalog, pg_temp", tenant, || {
         Spi::connect_mut(|c| {
             let args: Vec<pgrx::datum::DatumWithOid> = match tenant {
                 Some(t) if sql.contains("$1") => vec![t.into()],

@@ -76,6 +76,21 @@ fn may_drop_tenancy() -> bool {
     .unwrap_or(false)
 }
 
+/// The relation a statement names, looked up without a lock (taking one is
+/// what the checks here must come before); `None` when there is none.
+unsafe fn relation_of(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
+    let oid = unsafe {
+        pg_sys::RangeVarGetRelidExtended(
+            rv,
+            pg_sys::NoLock as i32,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        )
+    };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
 /// `LOCK TABLE` of a table under tenancy's row level security by anyone
 /// but its owner: PostgreSQL allows it to whoever may update the table, and
 /// on a shared table that is every tenant, each of whom could so stop all
@@ -84,16 +99,9 @@ unsafe fn refuse_locking_shared_tables(lock: *mut pg_sys::LockStmt) {
     unsafe {
         let rels = pgrx::PgList::<pg_sys::RangeVar>::from_pg((*lock).relations);
         for rv in rels.iter_ptr() {
-            let oid = pg_sys::RangeVarGetRelidExtended(
-                rv,
-                pg_sys::NoLock as i32,
-                pg_sys::RVROption::RVR_MISSING_OK,
-                None,
-                std::ptr::null_mut(),
-            );
-            if oid == pg_sys::InvalidOid {
+            let Some(oid) = relation_of(rv) else {
                 continue;
-            }
+            };
             let refused = Spi::get_one_with_args::<bool>(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p \
                                 WHERE p.polrelid OPERATOR(pg_catalog.=) $1 \
@@ -315,16 +323,9 @@ unsafe fn check_before_locking(stmt: *mut pg_sys::Node) {
             if rv.is_null() {
                 continue;
             }
-            let oid = pg_sys::RangeVarGetRelidExtended(
-                rv,
-                pg_sys::NoLock as i32,
-                pg_sys::RVROption::RVR_MISSING_OK,
-                None,
-                std::ptr::null_mut(),
-            );
-            if oid == pg_sys::InvalidOid {
+            let Some(oid) = relation_of(rv) else {
                 continue;
-            }
+            };
             let refused = Spi::get_one_with_args::<bool>(
                 "SELECT (c.relnamespace OPERATOR(pg_catalog.=) e.extnamespace \
                          OR r.rolname OPERATOR(pg_catalog.=) pg_catalog.concat('tenancy_owner_', \
