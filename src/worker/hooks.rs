@@ -52,12 +52,12 @@ unsafe fn libc_kill(pid: i32) {
 
 /// The current user owns the database (or is a superuser): DROP DATABASE's
 /// own permission check.
-#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+#[cfg(feature = "pg15")]
 unsafe fn owns_database(db: pg_sys::Oid) -> bool {
     unsafe { pg_sys::pg_database_ownercheck(db, pg_sys::GetUserId()) }
 }
 
-#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+#[cfg(not(feature = "pg15"))]
 unsafe fn owns_database(db: pg_sys::Oid) -> bool {
     unsafe { pg_sys::object_ownercheck(pg_sys::DatabaseRelationId, db, pg_sys::GetUserId()) }
 }
@@ -146,20 +146,33 @@ unsafe fn drops_tenancy(stmt: *mut pg_sys::Node) -> bool {
     }
 }
 
+/// `ALTER EXTENSION tenancy UPDATE [TO ...]`.
+unsafe fn updates_tenancy(stmt: *mut pg_sys::Node) -> bool {
+    unsafe {
+        (*stmt).type_ == pg_sys::NodeTag::T_AlterExtensionStmt && {
+            let alter = stmt as *mut pg_sys::AlterExtensionStmt;
+            !(*alter).extname.is_null()
+                && std::ffi::CStr::from_ptr((*alter).extname).to_bytes() == b"tenancy"
+        }
+    }
+}
+
+/// The current user owns the extension: what ALTER EXTENSION UPDATE checks.
+fn owns_tenancy() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT pg_catalog.pg_has_role(CURRENT_USER, e.extowner, 'USAGE') \
+         FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'tenancy'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 /// The text of a String node (how DROP EXTENSION/SCHEMA names its objects).
-#[cfg(not(any(feature = "pg13", feature = "pg14")))]
 unsafe fn name_of<'a>(n: *mut pg_sys::Node) -> Option<&'a [u8]> {
     unsafe {
         ((*n).type_ == pg_sys::NodeTag::T_String)
             .then(|| std::ffi::CStr::from_ptr((*(n as *mut pg_sys::String)).sval).to_bytes())
-    }
-}
-
-#[cfg(any(feature = "pg13", feature = "pg14"))]
-unsafe fn name_of<'a>(n: *mut pg_sys::Node) -> Option<&'a [u8]> {
-    unsafe {
-        ((*n).type_ == pg_sys::NodeTag::T_String)
-            .then(|| std::ffi::CStr::from_ptr((*(n as *mut pg_sys::Value)).val.str_).to_bytes())
     }
 }
 
@@ -386,8 +399,11 @@ unsafe extern "C-unwind" fn process_utility(
             stop_workers_of(pg_sys::MyDatabaseId, EXTENSION_PAUSE_MS);
             // and wait for a worker transaction under way (one may be
             // starting that the signal missed) before the drop takes locks
-            Spi::run(super::DROP_FENCE_EXCLUSIVE)
-                .unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
+            super::take_worker_fence();
+        } else if !stmt.is_null() && updates_tenancy(stmt) && owns_tenancy() {
+            // the update script locks tables a worker transaction may hold
+            // and then want more of: the worker's transactions wait instead
+            super::take_worker_fence();
         } else if !stmt.is_null() && !pg_sys::superuser() {
             check_before_locking(stmt);
         }

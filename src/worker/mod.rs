@@ -137,25 +137,32 @@ pub fn do_queued_work(what: &str) -> bool {
     .unwrap_or(false)
 }
 
-/// The lock (taken by every worker transaction, and exclusively by a `DROP
-/// EXTENSION tenancy`, see hooks.rs) that keeps the drop from starting while
-/// a worker transaction is under way. A table lock, not an advisory one: a
-/// session without privileges cannot take it (LOCK TABLE checks them first).
-pub const DROP_FENCE_SHARED: &str = "LOCK TABLE tenancy.jobs IN ROW SHARE MODE";
-pub const DROP_FENCE_EXCLUSIVE: &str = "LOCK TABLE tenancy.jobs IN ACCESS EXCLUSIVE MODE";
+/// The worker fence: a lock taken by every worker transaction, and
+/// exclusively by `DROP EXTENSION tenancy` and `ALTER EXTENSION tenancy
+/// UPDATE` (see hooks.rs), that keeps either from starting while a worker
+/// transaction is under way. A table lock, not an advisory one: a session
+/// without privileges cannot take it (LOCK TABLE checks them first).
+const WORKER_FENCE_SHARED: &str = "LOCK TABLE tenancy.jobs IN ROW SHARE MODE";
+const WORKER_FENCE_EXCLUSIVE: &str = "LOCK TABLE tenancy.jobs IN ACCESS EXCLUSIVE MODE";
 
-/// Worker transactions take the drop fence first: a DROP EXTENSION waits
-/// for the one under way, and makes the next one wait, then fail on
-/// lock_timeout and retry later, instead of the two taking each other's
-/// locks in opposite orders (a deadlock).
-fn hold_off_extension_drop() {
+/// Taken by the drop or update before it takes any lock of its own.
+pub fn take_worker_fence() {
+    Spi::run(WORKER_FENCE_EXCLUSIVE).unwrap_or_else(|e| pgrx::error!("tenancy: worker fence: {e}"));
+}
+
+/// Worker transactions take the fence first: a DROP EXTENSION or an
+/// update waits for the one under way, and makes the next one wait, then
+/// fail on lock_timeout and retry later, instead of the two taking each
+/// other's locks in opposite orders (a deadlock).
+fn hold_off_extension_changes() {
     let installed =
         Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('tenancy.jobs') IS NOT NULL")
             .ok()
             .flatten()
             .unwrap_or(false);
     if installed {
-        Spi::run(DROP_FENCE_SHARED).unwrap_or_else(|e| pgrx::error!("tenancy: drop lock: {e}"));
+        Spi::run(WORKER_FENCE_SHARED)
+            .unwrap_or_else(|e| pgrx::error!("tenancy: worker fence: {e}"));
     }
 }
 
@@ -171,7 +178,7 @@ where
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     let result = PgTryBuilder::new(|| {
-        hold_off_extension_drop();
+        hold_off_extension_changes();
         Some(f())
     })
     .catch_others(|e| {
