@@ -11,6 +11,16 @@ PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
 PG_CONFIG="${PG_BIN}/pg_config"
 PGXS_TEST="/usr/lib/postgresql/${PG_MAJOR}/lib/pgxs/src/test"
 export PATH="$HOME/.cargo/bin:$PATH"
+# Builds for the machine's own Debian go to target/; inside a root of
+# another suite (scripts/in-root) to target/<suite>/, since what is built
+# there links against that suite's libraries.
+SUITE="${TENANCY_IN_ROOT:-}"
+if [ -n "$SUITE" ]; then
+    BUILD="$ROOT/target/$SUITE"
+    export CARGO_TARGET_DIR="$BUILD"
+else
+    BUILD="$ROOT/target"
+fi
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -19,10 +29,11 @@ as_root() {
 }
 
 # Debian packages: the server, its headers, clang for bindgen, sudo to run
-# the server as postgres, pg_cron to test beside it.
+# the server as postgres, pg_cron and pg_partman to test beside it (and
+# TimescaleDB where the suite has it: not bookworm, see scripts/in-root).
 ensure_packages() {
     local wanted=(postgresql-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR} libclang-dev clang sudo
-                  postgresql-${PG_MAJOR}-cron python3-venv)
+                  postgresql-${PG_MAJOR}-cron postgresql-${PG_MAJOR}-partman python3-venv)
     local missing=()
     for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -63,7 +74,7 @@ install_extension() {
 # A Python with psycopg for the tests and benchmarks that drive the server
 # from a client library.
 ensure_python() {
-    local venv="$ROOT/target/venv"
+    local venv="$BUILD/venv"
     if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c 'import psycopg' 2>/dev/null; then
         log "creating $venv with pytest and psycopg"
         python3 -m venv "$venv"
