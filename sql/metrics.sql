@@ -37,6 +37,28 @@ BEGIN
     WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
     GROUP BY t.id;
 
+    -- a hypertable's rows are in chunks in TimescaleDB's own schema: they
+    -- count for the tenant whose schema holds the hypertable
+    IF to_regclass('timescaledb_information.chunks') IS NOT NULL THEN
+        EXECUTE $q$
+            UPDATE pg_temp.tenancy_metrics_now m
+            SET row_estimate = m.row_estimate + x.row_estimate, total_bytes = m.total_bytes + x.total_bytes,
+                table_bytes = m.table_bytes + x.table_bytes, index_bytes = m.index_bytes + x.index_bytes,
+                toast_bytes = m.toast_bytes + x.toast_bytes
+            FROM (SELECT t.id, sum(greatest(c.reltuples, 0))::bigint AS row_estimate,
+                         sum(pg_total_relation_size(c.oid)) AS total_bytes, sum(pg_relation_size(c.oid)) AS table_bytes,
+                         sum(pg_indexes_size(c.oid)) AS index_bytes,
+                         sum(CASE WHEN c.reltoastrelid <> 0 THEN pg_total_relation_size(c.reltoastrelid) ELSE 0 END) AS toast_bytes
+                  FROM tenancy.tenants t
+                  JOIN timescaledb_information.chunks ch ON ch.hypertable_schema = t.schema_name
+                  JOIN pg_namespace cn ON cn.nspname = ch.chunk_schema
+                  JOIN pg_class c ON c.relnamespace = cn.oid AND c.relname = ch.chunk_name
+                  WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
+                  GROUP BY t.id) x
+            WHERE m.tenant_id = x.id AND m.isolation = 'schema'
+        $q$;
+    END IF;
+
     -- shared tenants: zero rows first, then each shared table's share
     INSERT INTO tenancy_metrics_now
     SELECT t.id, 'shared', 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL

@@ -66,3 +66,47 @@ def test_pooled_timeseries_schema_keeps_its_hypertables(tsdb):
     assert db.execute("SELECT details->>'from_pool' FROM tenancy.audit_log WHERE tenant_slug = 'ts_pooled'").fetchone()[0] == "true"
     assert len(hypertables(db, "tenant_ts_pooled")) == 2
     db.execute("INSERT INTO tenant_ts_pooled.market_data (symbol, timestamp, close) VALUES ('ACME', now(), 1)")
+
+
+def test_refresh_metrics_counts_chunks(tsdb):
+    db = tsdb
+    db.execute("SELECT tenancy.provision('ts_sized', NULL, 'timeseries')")
+    db.execute("INSERT INTO tenant_ts_sized.market_data (symbol, timestamp, close) "
+               "SELECT 'S' || (g % 50), now() - (g % 5) * interval '1 day', g FROM generate_series(1, 20000) g")
+    db.execute("ANALYZE tenant_ts_sized.market_data")
+    chunk_bytes = db.execute(
+        "SELECT sum(pg_total_relation_size(format('%I.%I', chunk_schema, chunk_name)::regclass)) "
+        "FROM timescaledb_information.chunks WHERE hypertable_schema = 'tenant_ts_sized'").fetchone()[0]
+    assert chunk_bytes > 1_000_000
+    db.execute("SELECT tenancy.refresh_metrics()")
+    total, rows = db.execute(
+        "SELECT m.total_bytes, m.row_estimate FROM tenancy.tenant_metrics m JOIN tenancy.tenants t ON t.id = m.tenant_id "
+        "WHERE t.slug = 'ts_sized' ORDER BY m.collected_at DESC LIMIT 1").fetchone()
+    assert total >= chunk_bytes, (total, chunk_bytes)
+    assert rows >= 19_000, rows
+
+
+def test_timeseries_version_2_has_no_varchar_and_migrates_version_1(tsdb):
+    db = tsdb
+    fresh = db.execute("SELECT version, spec::text LIKE '%%varchar%%' FROM tenancy.templates "
+                       "WHERE name = 'timeseries' ORDER BY version").fetchall()
+    assert fresh == [(1, True), (2, False)]
+    # a tenant made from version 1 on 0.3.0 moves to 2 after the update
+    db.execute("DROP EXTENSION tenancy CASCADE")
+    db.execute("DROP SCHEMA IF EXISTS tenancy_saved CASCADE")
+    db.execute("CREATE EXTENSION tenancy VERSION '0.3.0'")
+    db.execute("SELECT tenancy.provision('ts_v1', NULL, 'timeseries')")
+    db.execute("ALTER EXTENSION tenancy UPDATE")
+    assert db.execute("SELECT template_version FROM tenancy.tenants WHERE slug = 'ts_v1'").fetchone()[0] == 1
+    db.execute("INSERT INTO tenant_ts_v1.market_data (symbol, timestamp, close) VALUES ('ACME', now(), 1)")
+    batch = db.execute("SELECT tenancy.migrate('timeseries', 2)").fetchone()[0]
+    assert db.execute("SELECT tenancy.wait_batch(%s, '60 s')", (batch,)).fetchone()[0] == "completed"
+    types = db.execute("SELECT DISTINCT data_type FROM information_schema.columns WHERE table_schema = 'tenant_ts_v1' "
+                       "AND column_name IN ('symbol', 'side', 'name')").fetchall()
+    assert types == [("text",)]
+    assert db.execute("SELECT tenancy.health('ts_v1')->'score'").fetchone()[0] == 100
+    # and a new tenant warns of nothing
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    db.execute("SELECT tenancy.provision('ts_v2', NULL, 'timeseries')")
+    assert not [n for n in notices if "varchar" in n or "character varying" in n], notices

@@ -15,9 +15,12 @@ fn register(name: &str, spec: &Value, shipped: bool) -> i32 {
     // (a table lock, which no session without privileges can take or hold
     // up, unlike an advisory lock; registering is rare)
     Spi::run("LOCK TABLE tenancy.templates IN SHARE ROW EXCLUSIVE MODE").or_raise();
+    // (a shipped version is found among all shipped ones: loading the
+    // shipped list again, at an upgrade, adds only the versions not there)
     let latest = Spi::get_two_with_args::<i32, bool>(
-        "SELECT version, spec = $2 FROM tenancy.templates WHERE name = $1 ORDER BY version DESC LIMIT 1",
-        &[name.into(), JsonB(spec.clone()).into()],
+        "SELECT version, spec = $2 FROM tenancy.templates WHERE name = $1 \
+         ORDER BY $3 AND shipped AND spec = $2 DESC, version DESC LIMIT 1",
+        &[name.into(), JsonB(spec.clone()).into(), shipped.into()],
     );
     let next = match latest {
         // The same spec again is the same version: loading twice is harmless.

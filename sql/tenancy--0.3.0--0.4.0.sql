@@ -1,0 +1,2118 @@
+\echo Use "ALTER EXTENSION tenancy UPDATE TO '0.4.0'" to load this file. \quit
+
+-- 0.4.0: PostgreSQL 17 and 18 beside TimescaleDB. refresh_metrics counts a
+-- tenant's hypertable chunks in its size; the shipped template timeseries
+-- gets a version 2 with text columns (TimescaleDB warns of varchar), with
+-- the migrations that move version 1 tenants to it. ALTER EXTENSION UPDATE
+-- waits for the worker instead of deadlocking with it (in the library).
+
+-- Every function and view, as in a fresh install (written by
+-- scripts/upgrade-functions from the generated install script).
+-- <functions>
+CREATE OR REPLACE FUNCTION "_as_owner"(
+	"sql" TEXT, /* & str */
+	"tenant" uuid /* Option < Uuid > */
+) RETURNS jsonb /* JsonB */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'as_owner_sql_wrapper';
+
+CREATE OR REPLACE FUNCTION "_build_reference"(
+	"template" TEXT, /* & str */
+	"version" INT, /* i32 */
+	"schema" TEXT /* & str */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'build_reference_wrapper';
+
+CREATE OR REPLACE FUNCTION "_caller"() RETURNS oid /* pg_sys :: Oid */
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'caller_wrapper';
+
+CREATE OR REPLACE FUNCTION "_is_transient"(
+	"sqlstate" TEXT /* & str */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'is_transient_sql_wrapper';
+
+CREATE OR REPLACE FUNCTION "_load_shipped_templates"() RETURNS INT /* i32 */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'load_shipped_templates_wrapper';
+
+CREATE OR REPLACE FUNCTION "_migrate_tenant"(
+	"tenant_id" uuid, /* Uuid */
+	"to_version" INT /* i32 */
+) RETURNS INT /* i32 */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'migrate_tenant_wrapper';
+
+CREATE OR REPLACE FUNCTION "_pool_build"(
+	"template" TEXT /* & str */
+) RETURNS TEXT /* String */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pool_build_wrapper';
+
+CREATE OR REPLACE FUNCTION "_provision"(
+	"slug" TEXT, /* Option < & str > */
+	"name" TEXT, /* Option < & str > */
+	"template" TEXT, /* Option < & str > */
+	"options" jsonb /* Option < JsonB > */
+) RETURNS uuid /* Uuid */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'provision_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION "_retry_backoff_ms"(
+	"attempt" INT, /* i32 */
+	"base_ms" double precision, /* f64 */
+	"unit" double precision /* f64 */
+) RETURNS double precision /* f64 */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'retry_backoff_ms_wrapper';
+
+CREATE OR REPLACE FUNCTION tenancy._make_batch_slots() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO tenancy.batch_slots (batch_id, slot)
+    SELECT NEW.id, g FROM generate_series(0, NEW.max_concurrent - 1) g;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._process_next() RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b record;
+    it record;
+    t0 timestamptz;
+    new_id uuid;
+    err_state text;
+    err_msg text;
+    err_detail text;
+BEGIN
+    FOR b IN
+        SELECT bt.id, bt.kind, bt.status, bt.max_concurrent, bt.retry_attempts, bt.retry_delay, bt.continue_on_error
+        FROM tenancy.batches bt
+        WHERE bt.status IN ('queued', 'in_progress')
+          AND EXISTS (SELECT 1 FROM tenancy.batch_items i
+                      WHERE i.batch_id = bt.id AND i.status = 'queued'
+                        AND i.next_attempt_at <= clock_timestamp())
+        ORDER BY bt.created_at
+    LOOP
+        -- at most max_concurrent sessions work on one batch at a time: each
+        -- holds one of its slot rows until its transaction ends
+        PERFORM 1 FROM tenancy.batch_slots s WHERE s.batch_id = b.id
+        ORDER BY s.slot LIMIT 1 FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+
+        SELECT i.* INTO it
+        FROM tenancy.batch_items i
+        WHERE i.batch_id = b.id AND i.status = 'queued' AND i.next_attempt_at <= clock_timestamp()
+        ORDER BY i.next_attempt_at, i.ordinal
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+
+        IF b.status = 'queued' THEN
+            UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
+            WHERE id = b.id AND status = 'queued';
+        END IF;
+
+        t0 := clock_timestamp();
+        BEGIN
+            IF b.kind = 'migrate' THEN
+                new_id := (it.spec->>'tenant_id')::uuid;
+                PERFORM tenancy._migrate_tenant(new_id, (it.spec->>'to_version')::integer);
+            ELSE
+                new_id := tenancy._provision(it.slug, it.spec->>'name',
+                                             coalesce(it.spec->>'template', 'default'),
+                                             it.spec - 'slug' - 'name' - 'template');
+            END IF;
+            UPDATE tenancy.batch_items
+            SET status = 'succeeded', attempts = attempts + 1, tenant_id = new_id,
+                schema_name = (SELECT t.schema_name FROM tenancy.tenants t WHERE t.id = new_id),
+                started_at = coalesce(started_at, t0), finished_at = clock_timestamp(),
+                duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
+                last_error = NULL, last_sqlstate = NULL
+            WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
+                                    err_detail = PG_EXCEPTION_DETAIL;
+            IF err_detail <> '' THEN
+                err_msg := err_msg || E'\n' || err_detail;
+            END IF;
+            IF tenancy._is_transient(err_state) AND it.attempts < b.retry_attempts THEN
+                UPDATE tenancy.batch_items
+                SET attempts = attempts + 1, last_error = err_msg, last_sqlstate = err_state,
+                    started_at = coalesce(started_at, t0),
+                    next_attempt_at = clock_timestamp()
+                        + tenancy._retry_backoff_ms(it.attempts + 1, extract(epoch FROM b.retry_delay) * 1000, random())
+                          * interval '1 millisecond'
+                WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
+            ELSE
+                UPDATE tenancy.batch_items
+                SET status = 'failed', attempts = attempts + 1, last_error = err_msg,
+                    last_sqlstate = err_state, started_at = coalesce(started_at, t0),
+                    finished_at = clock_timestamp(),
+                    duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000
+                WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
+                IF NOT b.continue_on_error THEN
+                    PERFORM tenancy._stop_batch(b.id, 'failed');
+                END IF;
+            END IF;
+        END;
+        RETURN true;
+    END LOOP;
+    RETURN false;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._stop_batch(batch uuid, final tenancy.batch_state) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer;
+BEGIN
+    UPDATE tenancy.batches SET status = final, finished_at = clock_timestamp(),
+                               started_at = coalesce(started_at, clock_timestamp())
+    WHERE id = batch AND status IN ('queued', 'in_progress');
+    UPDATE tenancy.batch_items SET status = 'cancelled', finished_at = clock_timestamp()
+    WHERE (batch_id, ordinal) IN (
+        SELECT i.batch_id, i.ordinal FROM tenancy.batch_items i
+        WHERE i.batch_id = batch AND i.status = 'queued'
+        FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._finalize_batches() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b record;
+    it record;
+    touched integer := 0;
+    ok integer;
+    bad integer;
+BEGIN
+    FOR b IN
+        SELECT bt.id FROM tenancy.batches bt
+        WHERE bt.status IN ('queued', 'in_progress')
+          AND NOT EXISTS (SELECT 1 FROM tenancy.batch_items i
+                          WHERE i.batch_id = bt.id AND i.status = 'queued')
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        SELECT count(*) FILTER (WHERE status = 'succeeded'),
+               count(*) FILTER (WHERE status <> 'succeeded')
+        INTO ok, bad FROM tenancy.batch_items WHERE batch_id = b.id;
+        UPDATE tenancy.batches
+        SET status = CASE WHEN bad = 0 THEN 'completed'
+                          WHEN ok = 0 THEN 'failed'
+                          ELSE 'partially_completed' END::tenancy.batch_state,
+            started_at = coalesce(started_at, clock_timestamp()),
+            finished_at = clock_timestamp()
+        WHERE id = b.id;
+        touched := touched + 1;
+    END LOOP;
+
+    -- rollback_on_failure: once no item is queued, drop what the batch made
+    FOR it IN
+        SELECT i.batch_id, i.ordinal, i.tenant_id, i.slug, t.schema_name, t.role_name
+        FROM tenancy.batches bt
+        JOIN tenancy.batch_items i ON i.batch_id = bt.id AND i.status = 'succeeded'
+        LEFT JOIN tenancy.tenants t ON t.id = i.tenant_id
+        WHERE bt.rollback_on_failure AND bt.rolled_back_at IS NULL
+          AND bt.status IN ('failed', 'partially_completed')
+          AND NOT EXISTS (SELECT 1 FROM tenancy.batch_items q
+                          WHERE q.batch_id = bt.id AND q.status = 'queued')
+        ORDER BY i.batch_id, i.ordinal
+        LIMIT 20
+        FOR UPDATE OF i SKIP LOCKED
+    LOOP
+        IF it.schema_name IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', it.schema_name);
+        END IF;
+        PERFORM tenancy._drop_tenant_role(it.role_name);
+        PERFORM tenancy._tenants_changed();
+        DELETE FROM tenancy.tenants WHERE id = it.tenant_id;
+        UPDATE tenancy.batch_items SET status = 'rolled_back'
+        WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
+        INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details)
+        VALUES ('rollback_batch_tenant', it.tenant_id, it.slug,
+                jsonb_build_object('batch', it.batch_id, 'schema', it.schema_name));
+        touched := touched + 1;
+    END LOOP;
+
+    UPDATE tenancy.batches bt
+    SET status = 'failed', rolled_back_at = clock_timestamp()
+    WHERE bt.rollback_on_failure AND bt.rolled_back_at IS NULL
+      AND bt.status IN ('failed', 'partially_completed')
+      AND NOT EXISTS (SELECT 1 FROM tenancy.batch_items i
+                      WHERE i.batch_id = bt.id AND i.status IN ('queued', 'succeeded'));
+    RETURN touched;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._queue_demand(OUT ready integer, OUT waiting integer)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(sum(least(b.max_concurrent, r.ready)), 0)::integer,
+           coalesce(sum(r.waiting), 0)::integer
+    FROM tenancy.batches b
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE i.next_attempt_at <= clock_timestamp()) AS ready,
+               count(*) AS waiting
+        FROM tenancy.batch_items i WHERE i.batch_id = b.id AND i.status = 'queued') r
+    WHERE b.status IN ('queued', 'in_progress')
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.process_queue(max_items integer DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    done integer := 0;
+    -- one transaction holds the locks of every tenant it makes: keep it bounded
+    cap integer := least(coalesce(max_items, 100), 1000);
+BEGIN
+    IF max_items IS NOT NULL AND max_items < 1 THEN
+        RAISE EXCEPTION 'max_items must be at least 1, not %', max_items
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WHILE done < cap AND tenancy._process_next() LOOP
+        done := done + 1;
+    END LOOP;
+    PERFORM tenancy._finalize_batches();
+    -- one chunk of a dropped tenant's schema, as the worker would
+    PERFORM tenancy._trash_work();
+    RETURN done;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.batch_status(batch uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b tenancy.batches;
+    c record;
+    results jsonb;
+    eta timestamptz;
+BEGIN
+    SELECT * INTO b FROM tenancy.batches WHERE id = batch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'batch % does not exist', batch USING ERRCODE = 'undefined_object';
+    END IF;
+    SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+           count(*) FILTER (WHERE status = 'rolled_back') AS rolled_back,
+           count(*) FILTER (WHERE status = 'queued') AS pending,
+           count(*) FILTER (WHERE status <> 'queued') AS done
+    INTO c FROM tenancy.batch_items WHERE batch_id = batch;
+    -- the batch's own pace so far, projected over what is left
+    IF c.pending > 0 AND c.done > 0 AND b.started_at IS NOT NULL THEN
+        eta := clock_timestamp() + (clock_timestamp() - b.started_at) / c.done * c.pending;
+    END IF;
+    SELECT jsonb_agg(jsonb_build_object(
+               'ordinal', i.ordinal, 'slug', i.slug, 'status', i.status,
+               'success', i.status = 'succeeded', 'tenant_id', i.tenant_id,
+               'schema_name', i.schema_name, 'attempts', i.attempts,
+               'error', i.last_error, 'sqlstate', i.last_sqlstate,
+               'duration_ms', round(i.duration_ms::numeric, 2))
+             ORDER BY i.ordinal)
+    INTO results FROM tenancy.batch_items i WHERE i.batch_id = batch;
+    RETURN jsonb_build_object(
+        'batch_id', b.id, 'status', b.status, 'total', b.total,
+        'succeeded', c.succeeded, 'failed', c.failed, 'cancelled', c.cancelled,
+        'rolled_back', c.rolled_back, 'pending', c.pending,
+        'created_at', b.created_at, 'started_at', b.started_at, 'finished_at', b.finished_at,
+        'estimated_completion_at', eta,
+        'processing_time_seconds',
+            CASE WHEN b.finished_at IS NOT NULL
+                 THEN round(extract(epoch FROM b.finished_at - coalesce(b.started_at, b.created_at))::numeric, 3) END,
+        'options', b.options,
+        'results', coalesce(results, '[]'::jsonb));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.wait_batch(batch uuid, timeout interval DEFAULT '10 minutes') RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    st tenancy.batch_state;
+    deadline timestamptz := clock_timestamp() + timeout;
+BEGIN
+    -- queued by this very transaction: no worker can see it before it
+    -- commits, so waiting could only time out
+    IF EXISTS (SELECT 1 FROM tenancy.batches b WHERE b.id = batch
+               AND b.xmin::text = pg_current_xact_id_if_assigned()::text) THEN
+        RAISE EXCEPTION 'batch % was queued by this transaction and cannot start before it commits', batch
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Call wait_batch in a later transaction: SELECT tenancy.provision_batch(...) \gset, then SELECT tenancy.wait_batch(...).';
+    END IF;
+    -- a snapshot taken once would never see the worker's commits
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'wait_batch needs READ COMMITTED: under % it would never see the batch end',
+                        current_setting('transaction_isolation')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'SET default_transaction_isolation = ''read committed'', or poll tenancy.batch_status() from new transactions.';
+    END IF;
+    LOOP
+        SELECT status INTO st FROM tenancy.batches WHERE id = batch;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'batch % does not exist', batch USING ERRCODE = 'undefined_object';
+        END IF;
+        EXIT WHEN st NOT IN ('queued', 'in_progress') OR clock_timestamp() >= deadline;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN st::text;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.cancel_batch(batch uuid) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    st tenancy.batch_state;
+    n integer;
+BEGIN
+    SELECT status INTO st FROM tenancy.batches WHERE id = batch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'batch % does not exist', batch USING ERRCODE = 'undefined_object';
+    END IF;
+    IF st NOT IN ('queued', 'in_progress') THEN
+        RAISE EXCEPTION 'the batch is already %', st
+            USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = format('batch %s', batch);
+    END IF;
+    n := tenancy._stop_batch(batch, 'cancelled');
+    INSERT INTO tenancy.audit_log (action, details)
+    VALUES ('cancel_batch', jsonb_build_object('batch', batch, 'cancelled_items', n));
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.cleanup_batches(older_than interval DEFAULT '7 days') RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer;
+BEGIN
+    DELETE FROM tenancy.batches
+    WHERE status NOT IN ('queued', 'in_progress')
+      AND finished_at < clock_timestamp() - older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE VIEW tenancy.active_batches AS
+SELECT b.id, b.status, b.total,
+       count(*) FILTER (WHERE i.status = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE i.status = 'failed') AS failed,
+       count(*) FILTER (WHERE i.status = 'queued') AS pending,
+       b.max_concurrent, b.created_at, b.started_at, b.created_by
+FROM tenancy.batches b
+JOIN tenancy.batch_items i ON i.batch_id = b.id
+WHERE b.status IN ('queued', 'in_progress')
+GROUP BY b.id;
+
+CREATE OR REPLACE FUNCTION "_tenants_changed"() RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenants_changed_wrapper';
+
+CREATE OR REPLACE FUNCTION "_wake_worker"() RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'wake_worker_wrapper';
+
+CREATE OR REPLACE FUNCTION tenancy.set_pool_size(template text, size integer) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF set_pool_size.size IS NULL OR size < 0 OR size > 10000 THEN
+        RAISE EXCEPTION 'pool size must be from 0 to 10000, not %', size
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM tenancy.templates t WHERE t.name = set_pool_size.template) THEN
+        RAISE EXCEPTION 'template "%" does not exist', set_pool_size.template USING ERRCODE = 'undefined_object';
+    END IF;
+    INSERT INTO tenancy.pool_settings AS p (template, size) VALUES (set_pool_size.template, set_pool_size.size)
+    ON CONFLICT (template) DO UPDATE SET size = excluded.size, updated_at = now();
+    INSERT INTO tenancy.audit_log (action, details)
+    VALUES ('set_pool_size', jsonb_build_object('template', set_pool_size.template, 'size', set_pool_size.size));
+    PERFORM tenancy._wake_worker();
+    RETURN set_pool_size.size;
+END
+$$;
+
+CREATE OR REPLACE VIEW tenancy.pool_status AS
+SELECT s.template, s.size,
+       (SELECT count(*) FROM tenancy.pool p
+        WHERE p.template = s.template
+          AND p.template_version = (SELECT max(version) FROM tenancy.templates t WHERE t.name = s.template))::integer AS ready,
+       (SELECT count(*) FROM tenancy.pool p WHERE p.template = s.template)::integer AS built
+FROM tenancy.pool_settings s;
+
+CREATE OR REPLACE FUNCTION tenancy._pool_deficit() RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(sum(greatest(size - ready, 0) + (built - least(ready, size))), 0)::integer
+    FROM tenancy.pool_status
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._pool_work() RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p record;
+    s record;
+BEGIN
+    -- stale (older template version) or more than the size: drop one
+    FOR p IN
+        SELECT pl.schema_name FROM tenancy.pool pl
+        LEFT JOIN tenancy.pool_settings ps ON ps.template = pl.template
+        WHERE pl.template_version < (SELECT max(version) FROM tenancy.templates t WHERE t.name = pl.template)
+           OR coalesce(ps.size, 0) < (SELECT count(*) FROM tenancy.pool x WHERE x.template = pl.template)
+        ORDER BY pl.template_version, pl.created_at DESC
+        LIMIT 1
+        FOR UPDATE OF pl SKIP LOCKED
+    LOOP
+        EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', p.schema_name);
+        DELETE FROM tenancy.pool WHERE schema_name = p.schema_name;
+        RETURN true;
+    END LOOP;
+    -- short of its size: build one (one builder per template at a time)
+    FOR s IN SELECT * FROM tenancy.pool_status WHERE ready < size ORDER BY template LOOP
+        -- the template's pool row, not an advisory lock anyone could hold
+        PERFORM 1 FROM tenancy.pool_settings ps WHERE ps.template = s.template FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        PERFORM tenancy._pool_build(s.template);
+        RETURN true;
+    END LOOP;
+    RETURN false;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._uuid_or_null(tenant text) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN tenant ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+            THEN tenant::uuid END;
+
+CREATE OR REPLACE FUNCTION tenancy._tenant_for_update(tenant text) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants;
+BEGIN
+    SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant FOR UPDATE;
+    IF NOT FOUND THEN
+        SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._uuid_or_null(tenant) FOR UPDATE;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN t;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._is_own_role(role_name name) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT NOT r.rolsuper
+                            AND shobj_description(r.oid, 'pg_authid') LIKE
+                                format('tenancy role of database %s:%%', d.oid)
+                     FROM pg_roles r, pg_database d
+                     WHERE r.rolname = role_name AND d.datname = current_database()), false)
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._role_comment(what text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN format('tenancy role of database %s: %s (made in database %s)',
+              (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()), what, current_database());
+
+CREATE OR REPLACE FUNCTION tenancy._db_role(kind text) RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN format('tenancy_%s_%s', kind, (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))::name;
+
+CREATE OR REPLACE FUNCTION tenancy._audit(action text, t tenancy.tenants, details jsonb) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details)
+    VALUES (action, t.id, t.slug, details);
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._grant_tenant_objects(schema_name name, role_name name) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO %I', schema_name, role_name);
+    EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO %I', schema_name, role_name);
+    EXECUTE format('GRANT EXECUTE ON ALL ROUTINES IN SCHEMA %I TO %I', schema_name, role_name);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._setup_tenant_role(schema_name name, role_name name,
+                                           existing_objects boolean DEFAULT true,
+                                           shared boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owner name := tenancy._db_role('owner');
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
+        RAISE EXCEPTION 'role "%" already exists', role_name
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'tenancy makes a new role for each tenant and never hands a tenant an existing role.',
+                  HINT = 'Drop or rename that role first.';
+    END IF;
+    EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+    EXECUTE format('COMMENT ON ROLE %I IS %L', role_name,
+                   tenancy._role_comment(format('tenant, schema %s', schema_name)));
+    IF shared THEN
+        EXECUTE format('GRANT %I TO %I', tenancy._db_role('shared'), role_name);
+        RETURN;
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', schema_name, role_name);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I', owner, schema_name, role_name);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT USAGE ON SEQUENCES TO %I', owner, schema_name, role_name);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT EXECUTE ON ROUTINES TO %I', owner, schema_name, role_name);
+    IF existing_objects THEN
+        PERFORM tenancy._grant_tenant_objects(schema_name, role_name);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._set_access(t tenancy.tenants, allowed boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- sessions that set this tenant look its status up again (current_tenant_id)
+    PERFORM tenancy._tenants_changed();
+    IF t.role_name IS NULL OR NOT tenancy._is_own_role(t.role_name) THEN
+        RETURN;
+    END IF;
+    IF t.isolation = 'shared' THEN
+        EXECUTE format(CASE WHEN allowed THEN 'GRANT %I TO %I' ELSE 'REVOKE %I FROM %I' END,
+                       tenancy._db_role('shared'), t.role_name);
+    ELSE
+        EXECUTE format(CASE WHEN allowed THEN 'GRANT USAGE ON SCHEMA %I TO %I' ELSE 'REVOKE USAGE ON SCHEMA %I FROM %I' END,
+                       tenancy._access_schema(t), t.role_name);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.suspend(tenant text) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants := tenancy._tenant_for_update(tenant);
+BEGIN
+    IF t.status <> 'active' THEN
+        RAISE EXCEPTION 'tenant "%" is %; only an active tenant can be suspended', t.slug, t.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    PERFORM tenancy._set_access(t, false);
+    UPDATE tenancy.tenants SET status = 'suspended', updated_at = now() WHERE id = t.id RETURNING * INTO t;
+    PERFORM tenancy._audit('suspend', t, jsonb_build_object('before', 'active', 'after', 'suspended'));
+    RETURN t;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.resume(tenant text) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants := tenancy._tenant_for_update(tenant);
+    before tenancy.tenant_status := t.status;
+    archived name;
+BEGIN
+    IF t.status NOT IN ('suspended', 'archived') THEN
+        RAISE EXCEPTION 'tenant "%" is %; only a suspended or archived tenant can be resumed', t.slug, t.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF t.status = 'archived' AND t.isolation = 'schema' THEN
+        archived := tenancy._archive_name(t);
+        IF to_regnamespace(quote_ident(archived)) IS NULL THEN
+            RAISE EXCEPTION 'the archived schema % of tenant "%" is gone', archived, t.slug
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', archived, t.schema_name);
+    END IF;
+    PERFORM tenancy._set_access(t, true);
+    UPDATE tenancy.tenants SET status = 'active', updated_at = now() WHERE id = t.id RETURNING * INTO t;
+    PERFORM tenancy._audit('resume', t, jsonb_build_object('before', before, 'after', 'active'));
+    RETURN t;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._shared_tables(schema_name name) RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid::regclass FROM pg_class c
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+                       AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
+    WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND c.relkind IN ('r', 'p')
+      AND NOT c.relispartition
+    ORDER BY c.oid
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._access_schema(t tenancy.tenants) RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN t.isolation = 'shared'
+                THEN coalesce(tp.spec->>'shared_schema', 'shared_' || t.template)::name
+                ELSE t.schema_name END
+    FROM tenancy.templates tp WHERE tp.name = t.template AND tp.version = t.template_version
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._drop_tenant_role(role_name name) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF role_name IS NULL OR NOT tenancy._is_own_role(role_name) THEN
+        RETURN;
+    END IF;
+    EXECUTE format('DROP OWNED BY %I', role_name);
+    BEGIN
+        EXECUTE format('DROP ROLE %I', role_name);
+    EXCEPTION WHEN dependent_objects_still_exist THEN
+        -- a DBA granted it something in another database: its name holds
+        -- this database's OID, so no other tenant ever gets it
+        RAISE WARNING 'role % is still granted privileges in another database and was kept', role_name;
+    END;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._archive_name(t tenancy.tenants) RETURNS name
+LANGUAGE sql IMMUTABLE
+RETURN ('tenancy_arch_' || t.slug)::name;
+
+CREATE OR REPLACE FUNCTION tenancy.drop_tenant(tenant text, keep_data boolean DEFAULT false) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t tenancy.tenants := tenancy._tenant_for_update(tenant);
+    before tenancy.tenant_status := t.status;
+    trash name;
+BEGIN
+    IF t.status IN ('dropped') OR (keep_data AND t.status = 'archived') THEN
+        RAISE EXCEPTION 'tenant "%" is already %', t.slug, t.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF keep_data THEN
+        -- archive: renamed out of the way, no access, restorable by resume
+        IF t.status <> 'suspended' THEN
+            PERFORM tenancy._set_access(t, false);
+        END IF;
+        IF t.isolation = 'schema' THEN
+            EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, tenancy._archive_name(t));
+        END IF;
+        UPDATE tenancy.tenants SET status = 'archived', updated_at = now() WHERE id = t.id RETURNING * INTO t;
+        PERFORM tenancy._audit('archive', t, jsonb_build_object('before', before, 'after', 'archived',
+                                                               'schema', tenancy._archive_name(t)));
+        RETURN t;
+    END IF;
+    -- drop: the schema leaves the tenant namespace at once (a rename locks
+    -- only the schema); its tables are dropped in chunks by the worker or
+    -- process_queue, so thousands of tables never need a lock each in one
+    -- transaction
+    trash := ('tenancy_trash_' || substr(replace(t.id::text, '-', ''), 1, 16))::name;
+    IF t.isolation = 'shared' THEN
+        -- its rows in the shared tables; foreign keys cascade from the
+        -- tables made first, so go from the last made to the first
+        DECLARE
+            r record;
+        BEGIN
+            FOR r IN SELECT tbl FROM tenancy._shared_tables(tenancy._access_schema(t)) tbl
+                     ORDER BY tbl::oid DESC LOOP
+                -- as the owner role, in the tenant's context: the
+                -- template's triggers fire with no more than its rights
+                PERFORM tenancy._as_owner(format('DELETE FROM %s WHERE tenant_id = $1', r.tbl), t.id);
+            END LOOP;
+        END;
+        trash := NULL;
+    ELSIF t.status = 'archived' THEN
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', tenancy._archive_name(t), trash);
+    ELSIF t.schema_name IS NOT NULL AND to_regnamespace(quote_ident(t.schema_name)) IS NOT NULL THEN
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', t.schema_name, trash);
+    END IF;
+    PERFORM tenancy._drop_tenant_role(t.role_name);
+    PERFORM tenancy._tenants_changed();
+    UPDATE tenancy.tenants
+    SET status = 'dropped', dropped_at = now(), updated_at = now(), domain = NULL
+    WHERE id = t.id RETURNING * INTO t;
+    PERFORM tenancy._audit('drop', t, jsonb_build_object('before', before, 'after', 'dropped', 'trash_schema', trash));
+    PERFORM tenancy._wake_worker();
+    RETURN t;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._trash_work(chunk integer DEFAULT 100) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s name;
+    r record;
+    n integer := 0;
+BEGIN
+    -- only a schema drop_tenant renamed (the owner role's, or before 0.3.0
+    -- a superuser's), never one that someone else named like it
+    SELECT n.nspname INTO s FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+    WHERE n.nspname LIKE 'tenancy\_trash\_%' AND (o.rolname = tenancy._db_role('owner') OR o.rolsuper)
+    ORDER BY n.oid LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    FOR r IN SELECT c.relname FROM pg_class c
+             WHERE c.relnamespace = to_regnamespace(quote_ident(s)) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               AND NOT c.relispartition
+             ORDER BY c.oid LIMIT chunk LOOP
+        EXECUTE format('DROP TABLE IF EXISTS %I.%I CASCADE', s, r.relname);
+        n := n + 1;
+    END LOOP;
+    IF n = 0 THEN
+        EXECUTE format('DROP SCHEMA %I CASCADE', s);
+    END IF;
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.bulk_update(tenants text[], changes jsonb, options jsonb DEFAULT '{}') RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    allowed text[] := ARRAY['name', 'domain', 'status', 'settings', 'features', 'max_users',
+                            'max_storage_bytes', 'template_version'];
+    bad text[];
+    missing text[];
+    cur tenancy.tenants;
+    n integer := 0;
+    batch uuid;
+BEGIN
+    IF jsonb_typeof(changes) IS DISTINCT FROM 'object' OR changes = '{}' THEN
+        RAISE EXCEPTION 'changes must be a non-empty JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(k ORDER BY k) INTO bad FROM jsonb_object_keys(changes) k WHERE k <> ALL (allowed);
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'unknown key% in changes: %', CASE WHEN cardinality(bad) > 1 THEN 's' ELSE '' END,
+                        array_to_string(bad, ', ')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Allowed: ' || array_to_string(allowed, ', ');
+    END IF;
+    IF options IS NOT NULL AND options <> '{}' AND EXISTS (
+            SELECT 1 FROM jsonb_object_keys(options) k WHERE k <> 'max_concurrent') THEN
+        RAISE EXCEPTION 'unknown option in bulk_update (allowed: max_concurrent)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF changes ? 'status' AND changes->>'status' NOT IN ('active', 'suspended') THEN
+        RAISE EXCEPTION 'status can be changed to active or suspended, not %', changes->'status'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use tenancy.drop_tenant to drop or archive a tenant.';
+    END IF;
+    SELECT array_agg(x) INTO missing FROM unnest(bulk_update.tenants) x
+    WHERE NOT EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = x AND t.status <> 'dropped');
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'tenant% % do% not exist', CASE WHEN cardinality(missing) > 1 THEN 's' ELSE '' END,
+                        (SELECT string_agg(format('"%s"', m), ', ') FROM unnest(missing) m),
+                        CASE WHEN cardinality(missing) > 1 THEN '' ELSE 'es' END
+            USING ERRCODE = 'undefined_object';
+    END IF;
+
+    IF changes ? 'template_version' THEN
+        -- a schema change: through the worker, one transaction per tenant
+        IF (changes - 'template_version') <> '{}' THEN
+            RAISE EXCEPTION 'template_version cannot be combined with other changes'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT array_agg(DISTINCT template) INTO bad FROM tenancy.tenants
+        WHERE slug = ANY (bulk_update.tenants) AND status <> 'dropped';
+        IF cardinality(bad) > 1 THEN
+            RAISE EXCEPTION 'these tenants use different templates (%); migrate one template at a time',
+                            array_to_string(bad, ', ') USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        batch := tenancy._queue_migrations(bad[1], bulk_update.tenants, (changes->>'template_version')::integer,
+                                           coalesce((options->>'max_concurrent')::integer, 2), true);
+        SELECT count(*) INTO n FROM tenancy.batch_items WHERE batch_id = batch;
+        RAISE NOTICE 'migration batch %: % tenants queued', batch, n;
+        RETURN n;
+    END IF;
+
+    FOR cur IN SELECT * FROM tenancy.tenants WHERE slug = ANY (bulk_update.tenants) AND status <> 'dropped'
+             ORDER BY slug FOR UPDATE LOOP
+        DECLARE
+            after tenancy.tenants;
+        BEGIN
+            IF changes ? 'status' AND cur.status::text <> changes->>'status' THEN
+                IF changes->>'status' = 'suspended' THEN
+                    PERFORM tenancy.suspend(cur.slug);
+                ELSE
+                    PERFORM tenancy.resume(cur.slug);
+                END IF;
+            END IF;
+            UPDATE tenancy.tenants SET
+                name = CASE WHEN changes ? 'name' THEN changes->>'name' ELSE name END,
+                domain = CASE WHEN changes ? 'domain' THEN changes->>'domain' ELSE domain END,
+                settings = CASE WHEN changes ? 'settings' THEN tenancy._merge(settings, changes->'settings') ELSE settings END,
+                features = CASE WHEN changes ? 'features' THEN tenancy._merge(features, changes->'features') ELSE features END,
+                max_users = CASE WHEN changes ? 'max_users' THEN (changes->>'max_users')::integer ELSE max_users END,
+                max_storage_bytes = CASE WHEN changes ? 'max_storage_bytes' THEN (changes->>'max_storage_bytes')::bigint ELSE max_storage_bytes END,
+                updated_at = now()
+            WHERE id = cur.id
+            RETURNING * INTO after;
+            PERFORM tenancy._audit('bulk_update', after, jsonb_build_object(
+                'changes', changes,
+                'before', jsonb_build_object('name', cur.name, 'domain', cur.domain, 'status', cur.status,
+                                             'settings', cur.settings, 'features', cur.features,
+                                             'max_users', cur.max_users, 'max_storage_bytes', cur.max_storage_bytes),
+                'after', jsonb_build_object('name', after.name, 'domain', after.domain, 'status', after.status,
+                                            'settings', after.settings, 'features', after.features,
+                                            'max_users', after.max_users, 'max_storage_bytes', after.max_storage_bytes)));
+            n := n + 1;
+        END;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._merge(base jsonb, patch jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(jsonb_object_agg(k, v), '{}'::jsonb)
+    FROM jsonb_each(coalesce(base, '{}') || patch) AS e(k, v)
+    WHERE v <> 'null'::jsonb
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._queue_migrations(template text, slugs text[], to_version integer,
+                                          max_concurrent integer, refuse_newer boolean)
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    newer text[];
+    batch uuid;
+    n integer;
+BEGIN
+    IF to_version IS NULL OR NOT EXISTS (
+            SELECT 1 FROM tenancy.templates t WHERE t.name = _queue_migrations.template AND t.version = to_version) THEN
+        RAISE EXCEPTION 'template "%" has no version %', template, to_version
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(t.slug ORDER BY t.slug) INTO newer FROM tenancy.tenants t
+    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version > to_version;
+    IF refuse_newer AND newer IS NOT NULL THEN
+        RAISE EXCEPTION 'version % of template "%" is older than that of tenant%: %', to_version, template,
+                        CASE WHEN cardinality(newer) > 1 THEN 's' ELSE '' END, array_to_string(newer, ', ')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_concurrent IS NULL OR max_concurrent NOT BETWEEN 1 AND 20 THEN
+        RAISE EXCEPTION 'max_concurrent must be from 1 to 20' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT count(*) INTO n FROM tenancy.tenants t
+    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version < to_version;
+    INSERT INTO tenancy.batches (kind, total, max_concurrent, retry_attempts, retry_delay, options, status,
+                                 started_at, finished_at)
+    VALUES ('migrate', n, max_concurrent, current_setting('tenancy.retry_attempts')::integer,
+            current_setting('tenancy.retry_delay')::interval,
+            jsonb_build_object('template', template, 'to_version', to_version, 'max_concurrent', max_concurrent),
+            CASE WHEN n = 0 THEN 'completed' ELSE 'queued' END::tenancy.batch_state,
+            CASE WHEN n = 0 THEN now() END, CASE WHEN n = 0 THEN now() END)
+    RETURNING id INTO batch;
+    INSERT INTO tenancy.batch_items (batch_id, ordinal, slug, spec)
+    SELECT batch, row_number() OVER (ORDER BY t.slug), t.slug,
+           jsonb_build_object('tenant_id', t.id, 'to_version', to_version)
+    FROM tenancy.tenants t
+    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version < to_version;
+    INSERT INTO tenancy.audit_log (action, details)
+    VALUES ('migrate', jsonb_build_object('batch', batch, 'template', template, 'to_version', to_version,
+                                          'tenants', n));
+    PERFORM tenancy._wake_worker();
+    RETURN batch;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.migrate(template text, to_version integer, options jsonb DEFAULT '{}') RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    slugs text[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM tenancy.templates t WHERE t.name = migrate.template) THEN
+        RAISE EXCEPTION 'template "%" does not exist', template USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM tenancy.templates t WHERE t.name = migrate.template AND t.version = to_version) THEN
+        RAISE EXCEPTION 'template "%" has no version %', template, to_version
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(t.slug) INTO slugs FROM tenancy.tenants t
+    WHERE t.template = migrate.template AND t.status <> 'dropped' AND t.isolation = 'schema';
+    RETURN tenancy._queue_migrations(template, coalesce(slugs, '{}'), to_version,
+                                     coalesce((options->>'max_concurrent')::integer, 2), false);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.suspend(tenant uuid) RETURNS tenancy.tenants
+LANGUAGE sql RETURN tenancy.suspend(tenant::text);
+
+CREATE OR REPLACE FUNCTION tenancy.resume(tenant uuid) RETURNS tenancy.tenants
+LANGUAGE sql RETURN tenancy.resume(tenant::text);
+
+CREATE OR REPLACE FUNCTION tenancy.drop_tenant(tenant uuid, keep_data boolean DEFAULT false) RETURNS tenancy.tenants
+LANGUAGE sql RETURN tenancy.drop_tenant(tenant::text, keep_data);
+
+CREATE OR REPLACE FUNCTION tenancy._schema_objects(schema_name name) RETURNS TABLE(kind text, object text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'table', c.relname::text
+    FROM pg_class c
+    WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND c.relkind IN ('r', 'p')
+      AND NOT c.relispartition
+    UNION ALL
+    SELECT 'column', c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND c.relkind IN ('r', 'p')
+      AND NOT c.relispartition
+    UNION ALL
+    SELECT 'index', replace(pg_get_indexdef(i.indexrelid), quote_ident(schema_name) || '.', '')
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+    WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND NOT c.relispartition
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.health(tenant text) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+-- the reference schema it builds and rolls back is no news to the caller
+-- (TimescaleDB, for one, warns about column types on every CREATE TABLE)
+SET client_min_messages = error
+AS $$
+DECLARE
+    t tenancy.tenants;
+    schema_now name;
+    ref name := ('tenancy_ref_' || pg_backend_pid())::name;
+    expected text[];
+    actual text[];
+    missing text[];
+    extra text[];
+    reference_error text;
+    size_bytes bigint := 0;
+    row_estimate bigint := 0;
+    conns integer := 0;
+    users_now bigint;
+    hypertables jsonb;
+    chunk_bytes bigint := 0;
+    score integer := 100;
+    reasons text[] := '{}';
+BEGIN
+    IF tenant IS NULL THEN
+        RETURN tenancy.health();  -- DESIGN's health(tenant DEFAULT NULL)
+    END IF;
+    SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant;
+    IF NOT FOUND THEN
+        SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._uuid_or_null(tenant);
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
+    END IF;
+    schema_now := CASE WHEN t.status = 'archived' THEN tenancy._archive_name(t) ELSE t.schema_name END;
+
+    IF t.status = 'dropped' THEN
+        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'score', 0,
+                                  'reasons', jsonb_build_array('the tenant was dropped at ' || t.dropped_at));
+    END IF;
+    IF t.isolation = 'shared' THEN
+        -- a shared tenant is its rows in the shared tables
+        schema_now := tenancy._access_schema(t);
+        DECLARE
+            r record;
+            n bigint;
+            per_table jsonb := '{}';
+        BEGIN
+            FOR r IN SELECT tbl, c.relname FROM tenancy._shared_tables(schema_now) tbl
+                     JOIN pg_class c ON c.oid = tbl ORDER BY c.relname LOOP
+                EXECUTE format('SELECT count(*) FROM %s WHERE tenant_id = $1', r.tbl) INTO n USING t.id;
+                per_table := per_table || jsonb_build_object(r.relname, n);
+                row_estimate := row_estimate + n;
+            END LOOP;
+            IF t.status <> 'active' THEN
+                score := score - 40;
+                reasons := reasons || format('the tenant is %s', t.status);
+            END IF;
+            RETURN jsonb_build_object(
+                'tenant', t.slug, 'status', t.status, 'isolation', 'shared', 'template', t.template,
+                'template_version', t.template_version, 'shared_schema', schema_now,
+                'rows', per_table, 'row_count', row_estimate, 'score', greatest(score, 0),
+                'reasons', to_jsonb(reasons));
+        END;
+    END IF;
+    IF t.isolation = 'schema' AND to_regnamespace(quote_ident(schema_now)) IS NULL THEN
+        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'schema', schema_now,
+                                  'schema_present', false, 'score', 0,
+                                  'reasons', jsonb_build_array(format('schema %s is missing', schema_now)));
+    END IF;
+
+    -- the objects of a fresh schema of the tenant's template version, built
+    -- in a subtransaction that is always rolled back
+    BEGIN
+        PERFORM tenancy._build_reference(t.template, t.template_version, ref);
+        SELECT array_agg(kind || ' ' || object ORDER BY 1) INTO expected FROM tenancy._schema_objects(ref);
+        RAISE EXCEPTION USING ERRCODE = 'TNRB0';
+    EXCEPTION
+        WHEN SQLSTATE 'TNRB0' THEN NULL;
+        WHEN OTHERS THEN reference_error := SQLERRM;
+    END;
+    SELECT array_agg(kind || ' ' || object ORDER BY 1) INTO actual FROM tenancy._schema_objects(schema_now);
+    SELECT array_agg(x ORDER BY x) INTO missing FROM unnest(expected) x WHERE x <> ALL (coalesce(actual, '{}'));
+    SELECT array_agg(x ORDER BY x) INTO extra FROM unnest(actual) x WHERE x <> ALL (coalesce(expected, '{}'));
+
+    SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(greatest(c.reltuples, 0)), 0)
+    INTO size_bytes, row_estimate
+    FROM pg_class c WHERE c.relnamespace = to_regnamespace(quote_ident(schema_now)) AND c.relkind IN ('r', 'm');
+    -- a hypertable's rows are in chunks in TimescaleDB's own schema
+    IF to_regclass('timescaledb_information.chunks') IS NOT NULL THEN
+        EXECUTE $q$
+            SELECT coalesce(jsonb_agg(jsonb_build_object('table', h.hypertable_name, 'chunks', h.chunks,
+                       'chunk_interval', h.time_interval, 'chunk_bytes', h.bytes) ORDER BY h.hypertable_name), '[]'),
+                   coalesce(sum(h.bytes), 0)
+            FROM (SELECT h.hypertable_name, d.time_interval, count(c.chunk_name) AS chunks,
+                         coalesce(sum(pg_total_relation_size((quote_ident(c.chunk_schema) || '.' || quote_ident(c.chunk_name))::regclass)), 0) AS bytes
+                  FROM timescaledb_information.hypertables h
+                  LEFT JOIN timescaledb_information.dimensions d
+                         ON d.hypertable_schema = h.hypertable_schema AND d.hypertable_name = h.hypertable_name
+                        AND d.dimension_number = 1
+                  LEFT JOIN timescaledb_information.chunks c
+                         ON c.hypertable_schema = h.hypertable_schema AND c.hypertable_name = h.hypertable_name
+                  WHERE h.hypertable_schema = $1
+                  GROUP BY h.hypertable_name, d.time_interval) h
+        $q$ INTO hypertables, chunk_bytes USING schema_now;
+        size_bytes := size_bytes + chunk_bytes;
+    END IF;
+    SELECT count(*) INTO conns FROM pg_stat_activity a
+    WHERE a.datname = current_database() AND a.usename = t.role_name;
+
+    IF t.status <> 'active' THEN
+        score := score - 40;
+        reasons := reasons || format('the tenant is %s', t.status);
+    END IF;
+    IF reference_error IS NOT NULL THEN
+        score := score - 10;
+        reasons := reasons || format('its template version could not be built to compare: %s', reference_error);
+    END IF;
+    IF missing IS NOT NULL THEN
+        score := score - least(50, 10 * cardinality(missing));
+        reasons := reasons || format('%s object(s) of template %s version %s missing', cardinality(missing),
+                                     t.template, t.template_version);
+    END IF;
+    IF extra IS NOT NULL THEN
+        score := score - least(10, 2 * cardinality(extra));
+        reasons := reasons || format('%s object(s) not in the template', cardinality(extra));
+    END IF;
+    -- a plain table only: a view (or anything else) could run a function as the caller
+    IF t.max_users IS NOT NULL AND EXISTS (SELECT 1 FROM pg_class c
+            WHERE c.oid = to_regclass(format('%I.users', schema_now)) AND c.relkind IN ('r', 'p')) THEN
+        EXECUTE format('SELECT count(*) FROM %I.users', schema_now) INTO users_now;
+        IF users_now > t.max_users THEN
+            score := score - 20;
+            reasons := reasons || format('%s users, over its quota of %s', users_now, t.max_users);
+        END IF;
+    END IF;
+    IF t.max_storage_bytes IS NOT NULL AND size_bytes > t.max_storage_bytes THEN
+        score := score - 20;
+        reasons := reasons || format('storage %s is over its quota of %s', pg_size_pretty(size_bytes),
+                                     pg_size_pretty(t.max_storage_bytes));
+    END IF;
+    RETURN jsonb_build_object(
+        'tenant', t.slug, 'status', t.status, 'template', t.template,
+        'template_version', t.template_version, 'schema', schema_now, 'schema_present', true,
+        'missing', coalesce(to_jsonb(missing), '[]'), 'extra', coalesce(to_jsonb(extra), '[]'),
+        'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns, 'users', users_now,
+        'hypertables', hypertables,
+        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
+        'score', greatest(score, 0), 'reasons', to_jsonb(reasons));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.health(tenant uuid) RETURNS jsonb
+LANGUAGE sql RETURN tenancy.health(tenant::text);
+
+CREATE OR REPLACE FUNCTION "_worker_state"() RETURNS jsonb /* JsonB */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'worker_state_wrapper';
+
+CREATE OR REPLACE FUNCTION "admin_role"() RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'admin_role_name_wrapper';
+
+CREATE OR REPLACE FUNCTION "current_tenant_id"() RETURNS uuid /* Option < Uuid > */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'current_tenant_id_wrapper';
+
+CREATE OR REPLACE FUNCTION "health"() RETURNS jsonb /* JsonB */
+STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'health_wrapper';
+
+CREATE OR REPLACE FUNCTION "provision_batch"(
+	"tenants" jsonb, /* JsonB */
+	"options" jsonb DEFAULT '{}' /* Option < JsonB > */
+) RETURNS uuid /* Uuid */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'provision_batch_wrapper';
+
+CREATE OR REPLACE FUNCTION "register_template"(
+	"name" TEXT, /* & str */
+	"spec" jsonb /* JsonB */
+) RETURNS INT /* i32 */
+STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'register_template_wrapper';
+
+CREATE OR REPLACE FUNCTION "set_tenant"(
+	"tenant" TEXT, /* Option < & str > */
+	"is_local" bool DEFAULT true /* bool */
+) RETURNS uuid /* Option < Uuid > */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_tenant_wrapper';
+
+CREATE OR REPLACE FUNCTION tenancy.set_tenant(tenant uuid, is_local boolean DEFAULT true) RETURNS uuid
+LANGUAGE sql
+RETURN tenancy.set_tenant(tenant::text, is_local);
+
+CREATE OR REPLACE FUNCTION tenancy._enable_rls(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    col_type regtype;
+    seq regclass;
+    in_shared_schema boolean;
+BEGIN
+    SELECT a.atttypid::regtype INTO col_type FROM pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = tenant_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % has no column %', tbl, tenant_column USING ERRCODE = 'undefined_column';
+    END IF;
+    IF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'column %.% is %, not uuid', tbl, tenant_column, col_type
+            USING ERRCODE = 'datatype_mismatch';
+    END IF;
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    IF EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tbl AND polname = 'tenancy_isolation') THEN
+        EXECUTE format('DROP POLICY tenancy_isolation ON %s', tbl);
+    END IF;
+    EXECUTE format('CREATE POLICY tenancy_isolation ON %s AS PERMISSIVE FOR ALL TO PUBLIC '
+                   'USING (%I = tenancy.current_tenant_id()) WITH CHECK (%I = tenancy.current_tenant_id())',
+                   tbl, tenant_column, tenant_column);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', tbl, tenancy._db_role('all_tenants'));
+    SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   JOIN tenancy.templates tp ON coalesce(tp.spec->>'shared_schema', 'shared_' || tp.name) = n.nspname
+                   WHERE c.oid = tbl AND c.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = tenancy._db_role('owner')))
+    INTO in_shared_schema;
+    IF in_shared_schema THEN
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', tbl, tenancy._db_role('shared'));
+    END IF;
+    -- the table's own sequences (identity, serial): nextval, never setval
+    FOR seq IN SELECT d.objid::regclass FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+               WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                 AND d.refobjid = tbl AND d.deptype IN ('a', 'i') LOOP
+        EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', seq, tenancy._db_role('all_tenants'));
+        IF in_shared_schema THEN
+            EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', seq, tenancy._db_role('shared'));
+        END IF;
+    END LOOP;
+    INSERT INTO tenancy.audit_log (action, details)
+    VALUES ('enable_rls', jsonb_build_object('table', tbl::text, 'tenant_column', tenant_column));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.enable_rls(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+    caller oid := tenancy._caller();
+BEGIN
+    SELECT k.relowner, k.relnamespace, k.relkind, n.nspname INTO c
+    FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = tbl;
+    IF c.nspname IN ('tenancy', 'pg_catalog', 'information_schema', 'pg_toast') OR c.nspname LIKE 'pg\_%'
+       OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = tbl
+                  AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e') THEN
+        RAISE EXCEPTION 'enable_rls refuses %: it belongs to % itself', tbl,
+                        CASE WHEN c.nspname = 'tenancy' THEN 'the tenancy extension' ELSE 'PostgreSQL or an extension' END
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF c.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF NOT (pg_has_role(caller, c.relowner, 'USAGE')
+            OR (c.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = tenancy._db_role('owner'))
+                AND pg_has_role(caller, tenancy._db_role('admin'), 'USAGE'))) THEN
+        RAISE EXCEPTION 'permission denied to enable row level security on %', tbl
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'enable_rls is for the table''s owner, or for this database''s tenancy admin on a table of a shared schema.';
+    END IF;
+    PERFORM tenancy._enable_rls(tbl, tenant_column);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.rls_audit() RETURNS TABLE(tbl regclass, problem text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH tenant_tables AS (
+        SELECT c.oid, c.relrowsecurity, c.relforcerowsecurity, a.attnum
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy')
+          AND n.nspname NOT LIKE 'pg\_%'
+    )
+    SELECT oid::regclass, 'row level security is not enabled'
+    FROM tenant_tables WHERE NOT relrowsecurity
+    UNION ALL
+    SELECT oid::regclass, 'row level security is not forced: the table owner bypasses it'
+    FROM tenant_tables WHERE relrowsecurity AND NOT relforcerowsecurity
+    UNION ALL
+    SELECT t.oid::regclass, 'no policy compares tenant_id with tenancy.current_tenant_id()'
+    FROM tenant_tables t
+    WHERE NOT EXISTS (SELECT 1 FROM pg_policy p
+                      WHERE p.polrelid = t.oid
+                        AND pg_get_expr(p.polqual, p.polrelid) LIKE '%tenant_id = tenancy.current_tenant_id()%')
+    UNION ALL
+    SELECT t.oid::regclass,
+           format('foreign key %s does not include tenant_id: a row can reference another tenant''s row', con.conname)
+    FROM tenant_tables t
+    JOIN pg_constraint con ON con.conrelid = t.oid AND con.contype = 'f'
+    WHERE NOT (t.attnum = ANY (con.conkey))
+    UNION ALL
+    SELECT NULL::regclass, format('role %s bypasses row level security', r.rolname)
+    FROM pg_roles r WHERE r.rolbypassrls AND NOT r.rolsuper
+      -- the documented, explicit switch (and 0.2.0's, shared by the cluster)
+      AND r.rolname <> 'tenancy_all_tenants' AND r.rolname NOT LIKE 'tenancy\_all\_tenants\_%'
+    ORDER BY 1, 2
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._copy_partition_indexes(dflt regclass, part regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d_name name;
+    p_name name;
+    nsp name;
+    ix record;
+    ix_name name;
+BEGIN
+    IF dflt IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT relname INTO d_name FROM pg_class WHERE oid = dflt;
+    SELECT relname, relnamespace::regnamespace::name INTO p_name, nsp FROM pg_class WHERE oid = part;
+    FOR ix IN
+        SELECT c.relname, i.indisprimary, pg_get_indexdef(i.indexrelid) AS def
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE i.indrelid = dflt AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
+        ORDER BY c.relname
+    LOOP
+        ix_name := CASE WHEN left(ix.relname, length(d_name)) = d_name
+                        THEN p_name || substr(ix.relname, length(d_name) + 1)
+                        ELSE p_name || '_' || ix.relname END;
+        EXECUTE regexp_replace(ix.def, '^CREATE (UNIQUE )?INDEX \S+ ON \S+ ',
+                               format('CREATE \1INDEX %I ON %I.%I ', ix_name, nsp, p_name));
+        IF ix.indisprimary THEN
+            EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I',
+                           nsp, p_name, ix_name, ix_name);
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._maintain_partitions(parent regclass, unit text, premake integer,
+                                             retention interval DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
+AS $$
+DECLARE
+    step interval := ('1 ' || unit)::interval;
+    nsp name;
+    rel name;
+    keycol name;
+    dflt regclass;
+    lo timestamp;
+    part name;
+    made integer := 0;
+    dropped integer := 0;
+    skipped text[] := '{}';
+    p record;
+    n bigint;
+BEGIN
+    SELECT c.relnamespace::regnamespace::name, c.relname INTO nsp, rel FROM pg_class c WHERE c.oid = parent;
+    SELECT a.attname INTO keycol FROM pg_partitioned_table pt
+    JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
+    WHERE pt.partrelid = parent;
+    -- (from the catalog alone: pg_get_expr on a bound would lock the partition)
+    SELECT nullif(pt.partdefid, 0)::regclass INTO dflt FROM pg_partitioned_table pt WHERE pt.partrelid = parent;
+
+    FOR i IN 0 .. premake LOOP
+        lo := date_trunc(unit, localtimestamp) + i * step;
+        part := (rel || '_p' || to_char(lo, 'YYYYMMDD'))::name;
+        CONTINUE WHEN to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
+        BEGIN
+            IF dflt IS NOT NULL THEN
+                -- With a default partition, a writer that routed its row
+                -- before the new partition appears would fail its partition
+                -- check: hold writers off for the moment it takes (or skip,
+                -- after lock_timeout, if they hold the table).
+                EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', parent);
+                EXECUTE format('SELECT count(*) FROM %s WHERE %I >= %L AND %I < %L',
+                               dflt, keycol, lo, keycol, lo + step) INTO n;
+            ELSE
+                n := 0;
+            END IF;
+            IF n = 0 THEN
+                EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+                               nsp, part, parent, lo, lo + step);
+            ELSE
+                -- rows of this period sit in the default partition: move them
+                EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                               nsp, part, parent);
+                EXECUTE format('WITH moved AS (DELETE FROM %s WHERE %I >= %L AND %I < %L RETURNING *) '
+                               'INSERT INTO %I.%I SELECT * FROM moved',
+                               dflt, keycol, lo, keycol, lo + step, nsp, part);
+                EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                               parent, nsp, part, lo, lo + step);
+            END IF;
+            PERFORM tenancy._copy_partition_indexes(dflt, format('%I.%I', nsp, part)::regclass);
+            made := made + 1;
+        EXCEPTION
+            WHEN lock_not_available THEN
+                skipped := skipped || format('%I.%I (locked by another session)', nsp, part);
+            WHEN duplicate_table THEN
+                NULL;  -- made meanwhile by another session
+        END;
+    END LOOP;
+
+    IF retention IS NOT NULL THEN
+        FOR p IN
+            SELECT c.oid::regclass AS tbl, c.relname
+            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = parent AND c.relname ~ ('^' || rel || '_p[0-9]{8}$')
+        LOOP
+            lo := to_timestamp(right(p.relname, 8), 'YYYYMMDD')::timestamp;
+            CONTINUE WHEN lo + step > localtimestamp - retention;
+            BEGIN
+                EXECUTE format('DROP TABLE %s', p.tbl);
+                dropped := dropped + 1;
+            EXCEPTION WHEN lock_not_available THEN
+                skipped := skipped || format('%s (drop: locked by another session)', p.tbl);
+            END;
+        END LOOP;
+    END IF;
+    RETURN jsonb_build_object('created', made, 'dropped', dropped, 'skipped', to_jsonb(skipped));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._maintain_tenant_partitions(after text, max_tenants integer) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r jsonb;
+    created integer := 0;
+    dropped integer := 0;
+    skipped jsonb := '[]';
+    last text;
+    tenants integer := 0;
+    t record;
+BEGIN
+    FOR t IN
+        SELECT tn.slug, tn.schema_name, pt->>'name' AS tbl, pt->>'interval' AS unit,
+               coalesce((pt->>'premake')::int, 3) AS premake, (pt->>'retention')::interval AS retention
+        FROM (SELECT * FROM tenancy.tenants x
+              WHERE x.status IN ('active', 'suspended') AND x.isolation = 'schema' AND x.slug > after
+                AND EXISTS (SELECT 1 FROM tenancy.templates y
+                            WHERE y.name = x.template AND y.version = x.template_version
+                              AND jsonb_array_length(coalesce(y.spec->'partitioned_tables', '[]')) > 0)
+              ORDER BY x.slug LIMIT max_tenants) tn
+        JOIN tenancy.templates tp ON tp.name = tn.template AND tp.version = tn.template_version
+        CROSS JOIN LATERAL jsonb_array_elements(tp.spec->'partitioned_tables') pt
+        ORDER BY tn.slug
+    LOOP
+        tenants := tenants + (last IS DISTINCT FROM t.slug)::int;
+        last := t.slug;
+        CONTINUE WHEN to_regclass(format('%I.%I', t.schema_name, t.tbl)) IS NULL;
+        -- as the owner role: moving rows out of the default partition
+        -- fires the template's triggers, defaults and index expressions
+        r := tenancy._as_owner(format('SELECT tenancy._maintain_partitions(%L::regclass, %L, %s, %L)',
+                                      format('%I.%I', t.schema_name, t.tbl),
+                                      CASE t.unit WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week'
+                                                  WHEN 'monthly' THEN 'month' WHEN 'yearly' THEN 'year'
+                                                  ELSE split_part(t.unit, ' ', -1) END,
+                                      t.premake, t.retention), NULL);
+        created := created + (r->>'created')::int;
+        dropped := dropped + (r->>'dropped')::int;
+        skipped := skipped || (r->'skipped');
+    END LOOP;
+    RETURN jsonb_build_object('created', created, 'dropped', dropped, 'skipped', skipped,
+                              'tenants', tenants, 'last', last);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._orphan_roles() RETURNS SETOF name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.rolname FROM pg_roles r
+    JOIN pg_shdescription d ON d.objoid = r.oid AND d.classoid = 'pg_authid'::regclass
+    WHERE NOT r.rolsuper AND d.description ~ '^tenancy role of database [0-9]+:'
+      AND NOT EXISTS (SELECT 1 FROM pg_database x
+                      WHERE x.oid = substring(d.description FROM '^tenancy role of database ([0-9]+):')::oid)
+    ORDER BY 1
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._drop_orphan_roles() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    role name;
+    n integer := 0;
+BEGIN
+    FOR role IN SELECT tenancy._orphan_roles() LIMIT 1000 LOOP
+        BEGIN
+            EXECUTE format('DROP ROLE %I', role);
+            n := n + 1;
+        EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
+            NULL;  -- granted something elsewhere: left, and listed by health()
+        END;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._maintenance_finish(sums jsonb, started_at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    own record;
+    r jsonb;
+    created integer := (sums->>'created')::int;
+    dropped integer := (sums->>'dropped')::int;
+    skipped jsonb := sums->'skipped';
+    result jsonb;
+BEGIN
+    -- the audit log last: its lock (every lifecycle operation writes to it)
+    -- is then held only until this transaction commits, just after
+    FOR own IN SELECT v.parent, v.retention_setting
+               FROM (VALUES (1, 'tenancy.tenant_metrics', 'tenancy.metrics_retention'),
+                            (2, 'tenancy.audit_log', 'tenancy.audit_retention')) v(ord, parent, retention_setting)
+               ORDER BY v.ord LOOP
+        r := tenancy._maintain_partitions(own.parent::regclass, 'month', 3,
+                                          nullif(current_setting(own.retention_setting, true), '')::interval);
+        created := created + (r->>'created')::int;
+        dropped := dropped + (r->>'dropped')::int;
+        skipped := skipped || (r->'skipped');
+    END LOOP;
+    result := jsonb_build_object(
+        'partitions_created', created, 'partitions_dropped', dropped, 'partitions_skipped', skipped,
+        'roles_removed', tenancy._drop_orphan_roles(),
+        'batches_cleaned', tenancy.cleanup_batches(
+            coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval),
+        'duration_ms', round((extract(epoch FROM clock_timestamp() - started_at) * 1000)::numeric, 1));
+    IF sums ? 'steps' THEN
+        result := result || jsonb_build_object('transactions', (sums->>'steps')::int);
+    END IF;
+    UPDATE tenancy.jobs SET last_started_at = started_at, last_finished_at = clock_timestamp(),
+                            last_duration_ms = (result->>'duration_ms')::float8, last_result = result,
+                            last_error = NULL, failures = 0, progress = NULL,
+                            next_run_at = clock_timestamp() + run_every
+    WHERE name = 'maintenance';
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._maintenance_step() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    j tenancy.jobs;
+    p jsonb;
+    r jsonb;
+    chunk integer := coalesce(nullif(current_setting('tenancy.maintenance_chunk', true), '')::int, 100);
+BEGIN
+    -- one maintenance at a time: the job's row, which no session without
+    -- privileges can lock (an advisory lock anyone could take and keep)
+    PERFORM 1 FROM tenancy.jobs WHERE name = 'maintenance' FOR NO KEY UPDATE;
+    SELECT * INTO j FROM tenancy.jobs WHERE name = 'maintenance';
+    p := coalesce(j.progress, jsonb_build_object('after', '', 'created', 0, 'dropped', 0, 'skipped', '[]'::jsonb,
+                                                 'steps', 0, 'started_at', clock_timestamp()));
+    r := tenancy._maintain_tenant_partitions(p->>'after', chunk);
+    p := p || jsonb_build_object('created', (p->>'created')::int + (r->>'created')::int,
+                                 'dropped', (p->>'dropped')::int + (r->>'dropped')::int,
+                                 'skipped', (p->'skipped') || (r->'skipped'),
+                                 'steps', (p->>'steps')::int + 1);
+    IF (r->>'tenants')::int = chunk THEN
+        -- maybe more tenants: due again at once, from where this step stopped
+        UPDATE tenancy.jobs SET progress = p || jsonb_build_object('after', r->>'last'),
+                                next_run_at = clock_timestamp()
+        WHERE name = 'maintenance';
+        RETURN;
+    END IF;
+    PERFORM tenancy._maintenance_finish(p, (p->>'started_at')::timestamptz);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.run_maintenance() RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+BEGIN
+    -- one maintenance at a time per database (the worker's, pg_cron's, a
+    -- DBA's): the job's row, which no session without privileges can lock
+    -- (an advisory lock anyone could take and keep)
+    PERFORM 1 FROM tenancy.jobs WHERE name = 'maintenance' FOR NO KEY UPDATE;
+    RETURN tenancy._maintenance_finish(tenancy._maintain_tenant_partitions('', NULL), t0);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._run_due_jobs() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    j record;
+    n integer := 0;
+    t0 timestamptz;
+    err text;
+BEGIN
+    -- the jobs' intervals are settings; a change moves the next run
+    UPDATE tenancy.jobs jb
+    SET run_every = s.every,
+        next_run_at = least(jb.next_run_at, coalesce(jb.last_finished_at, now()) + s.every)
+    FROM (VALUES ('metrics', current_setting('tenancy.metrics_interval', true)),
+                 ('maintenance', current_setting('tenancy.maintenance_interval', true))) AS s0(name, setting),
+         LATERAL (SELECT s0.setting::interval AS every) s
+    WHERE jb.name = s0.name AND s0.setting IS NOT NULL AND jb.run_every IS DISTINCT FROM s.every;
+    FOR j IN SELECT * FROM tenancy.jobs WHERE next_run_at <= clock_timestamp() ORDER BY next_run_at
+             FOR UPDATE SKIP LOCKED LOOP
+        t0 := clock_timestamp();
+        BEGIN
+            CASE j.name
+                WHEN 'maintenance' THEN PERFORM tenancy._maintenance_step();
+                WHEN 'metrics' THEN PERFORM tenancy.refresh_metrics();
+                ELSE RAISE EXCEPTION 'unknown job %', j.name;
+            END CASE;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+            UPDATE tenancy.jobs
+            SET last_started_at = t0, last_finished_at = clock_timestamp(),
+                last_duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
+                last_error = err, failures = failures + 1,
+                next_run_at = clock_timestamp() + run_every * least(power(2, failures + 1), 16)
+            WHERE name = j.name;
+            INSERT INTO tenancy.audit_log (action, result, error, details)
+            VALUES ('job', 'error', err, jsonb_build_object('job', j.name, 'failures', j.failures + 1));
+        END;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE tenancy.run_worker_pass(max_items integer DEFAULT 1000, INOUT units integer DEFAULT 0)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    did boolean;
+BEGIN
+    IF max_items IS NULL OR max_items OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'max_items must be at least 1, not %', max_items
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    units := 0;
+    WHILE units OPERATOR(pg_catalog.<) max_items LOOP
+        did := tenancy.run_queue_unit();
+        COMMIT;
+        EXIT WHEN NOT did;
+        units := units OPERATOR(pg_catalog.+) 1;
+    END LOOP;
+    LOOP
+        PERFORM tenancy.run_due_jobs();
+        COMMIT;
+        EXIT WHEN NOT tenancy.run_due_jobs_pending();
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.run_queue_unit() RETURNS boolean
+LANGUAGE sql
+RETURN tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work();
+
+CREATE OR REPLACE FUNCTION tenancy.run_due_jobs_pending() RETURNS boolean
+LANGUAGE sql STABLE
+RETURN EXISTS (SELECT 1 FROM tenancy.jobs j WHERE j.progress IS NOT NULL AND j.next_run_at <= clock_timestamp());
+
+CREATE OR REPLACE FUNCTION tenancy.run_due_jobs() RETURNS integer
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM tenancy._finalize_batches();
+    RETURN tenancy._run_due_jobs();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.refresh_metrics() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer;
+    st record;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    -- a temporary table of that name the caller made (with a trigger) must
+    -- not be the one this superuser code writes to
+    IF to_regclass('pg_temp.tenancy_metrics_now') IS NOT NULL THEN
+        DROP TABLE pg_temp.tenancy_metrics_now;
+    END IF;
+    CREATE TEMP TABLE tenancy_metrics_now (
+        tenant_id uuid, isolation text, table_count integer, row_estimate bigint, total_bytes bigint,
+        table_bytes bigint, index_bytes bigint, toast_bytes bigint, dead_tuples bigint,
+        last_vacuum timestamptz, last_analyze timestamptz, seq_scans_total bigint, idx_scans_total bigint
+    ) ON COMMIT DROP;
+
+    INSERT INTO tenancy_metrics_now
+    SELECT t.id, 'schema', count(c.oid)::int, coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,
+           coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(pg_relation_size(c.oid)), 0),
+           coalesce(sum(pg_indexes_size(c.oid)), 0),
+           coalesce(sum(CASE WHEN c.reltoastrelid <> 0 THEN pg_total_relation_size(c.reltoastrelid) ELSE 0 END), 0),
+           sum(s.n_dead_tup), max(greatest(s.last_vacuum, s.last_autovacuum)),
+           max(greatest(s.last_analyze, s.last_autoanalyze)), sum(s.seq_scan), sum(s.idx_scan)
+    FROM tenancy.tenants t
+    JOIN pg_namespace n ON n.nspname = t.schema_name
+    LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
+    LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+    WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
+    GROUP BY t.id;
+
+    -- a hypertable's rows are in chunks in TimescaleDB's own schema: they
+    -- count for the tenant whose schema holds the hypertable
+    IF to_regclass('timescaledb_information.chunks') IS NOT NULL THEN
+        EXECUTE $q$
+            UPDATE pg_temp.tenancy_metrics_now m
+            SET row_estimate = m.row_estimate + x.row_estimate, total_bytes = m.total_bytes + x.total_bytes,
+                table_bytes = m.table_bytes + x.table_bytes, index_bytes = m.index_bytes + x.index_bytes,
+                toast_bytes = m.toast_bytes + x.toast_bytes
+            FROM (SELECT t.id, sum(greatest(c.reltuples, 0))::bigint AS row_estimate,
+                         sum(pg_total_relation_size(c.oid)) AS total_bytes, sum(pg_relation_size(c.oid)) AS table_bytes,
+                         sum(pg_indexes_size(c.oid)) AS index_bytes,
+                         sum(CASE WHEN c.reltoastrelid <> 0 THEN pg_total_relation_size(c.reltoastrelid) ELSE 0 END) AS toast_bytes
+                  FROM tenancy.tenants t
+                  JOIN timescaledb_information.chunks ch ON ch.hypertable_schema = t.schema_name
+                  JOIN pg_namespace cn ON cn.nspname = ch.chunk_schema
+                  JOIN pg_class c ON c.relnamespace = cn.oid AND c.relname = ch.chunk_name
+                  WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
+                  GROUP BY t.id) x
+            WHERE m.tenant_id = x.id AND m.isolation = 'schema'
+        $q$;
+    END IF;
+
+    -- shared tenants: zero rows first, then each shared table's share
+    INSERT INTO tenancy_metrics_now
+    SELECT t.id, 'shared', 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL
+    FROM tenancy.tenants t WHERE t.isolation = 'shared' AND t.status IN ('active', 'suspended');
+    FOR st IN
+        SELECT c.oid::regclass AS tbl, greatest(c.reltuples, 1) AS est_rows,
+               pg_total_relation_size(c.oid) AS total, pg_relation_size(c.oid) AS heap,
+               pg_indexes_size(c.oid) AS idx
+        FROM (SELECT DISTINCT tenancy._access_schema(t) AS schema_name
+              FROM tenancy.tenants t WHERE t.isolation = 'shared') sch
+        CROSS JOIN LATERAL tenancy._shared_tables(sch.schema_name) tbl
+        JOIN pg_class c ON c.oid = tbl
+    LOOP
+        UPDATE tenancy_metrics_now SET table_count = table_count + 1 WHERE isolation = 'shared';
+        EXECUTE format(
+            'UPDATE tenancy_metrics_now m SET row_estimate = m.row_estimate + x.n, '
+            'total_bytes = m.total_bytes + (%s * x.n / %s)::bigint, table_bytes = m.table_bytes + (%s * x.n / %s)::bigint, '
+            'index_bytes = m.index_bytes + (%s * x.n / %s)::bigint '
+            'FROM (SELECT tenant_id, count(*) AS n FROM %s GROUP BY tenant_id) x '
+            'WHERE m.tenant_id = x.tenant_id AND m.isolation = ''shared''',
+            st.total, st.est_rows, st.heap, st.est_rows, st.idx, st.est_rows, st.tbl);
+    END LOOP;
+
+    INSERT INTO tenancy.tenant_metrics (tenant_id, collected_at, isolation, table_count, row_estimate,
+        total_bytes, table_bytes, index_bytes, toast_bytes, dead_tuples, last_vacuum, last_analyze,
+        seq_scans, idx_scans, seq_scans_total, idx_scans_total)
+    SELECT m.tenant_id, now_ts, m.isolation, m.table_count, m.row_estimate, m.total_bytes, m.table_bytes,
+           m.index_bytes, m.toast_bytes, m.dead_tuples, m.last_vacuum, m.last_analyze,
+           greatest(m.seq_scans_total - prev.seq_scans_total, 0), greatest(m.idx_scans_total - prev.idx_scans_total, 0),
+           m.seq_scans_total, m.idx_scans_total
+    FROM tenancy_metrics_now m
+    LEFT JOIN LATERAL (SELECT p.seq_scans_total, p.idx_scans_total FROM tenancy.tenant_metrics p
+                       WHERE p.tenant_id = m.tenant_id ORDER BY p.collected_at DESC LIMIT 1) prev ON true;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    UPDATE tenancy.jobs SET last_finished_at = clock_timestamp(), last_started_at = now_ts,
+                            last_duration_ms = extract(epoch FROM clock_timestamp() - now_ts) * 1000,
+                            last_result = jsonb_build_object('tenants', n), last_error = NULL, failures = 0,
+                            next_run_at = clock_timestamp() + run_every
+    WHERE name = 'metrics';
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE VIEW tenancy.latest_metrics AS
+SELECT DISTINCT ON (m.tenant_id) t.slug, m.*
+FROM tenancy.tenant_metrics m JOIN tenancy.tenants t ON t.id = m.tenant_id
+ORDER BY m.tenant_id, m.collected_at DESC;
+
+CREATE OR REPLACE VIEW tenancy.stats AS
+SELECT t.tenants, t.active, t.suspended, t.archived, t.dropped, t.failed, t.shared,
+       p.provisioned_24h, p.from_pool_24h, p.provision_p50_ms, p.provision_p95_ms
+FROM (SELECT count(*) FILTER (WHERE status <> 'dropped') AS tenants,
+             count(*) FILTER (WHERE status = 'active') AS active,
+             count(*) FILTER (WHERE status = 'suspended') AS suspended,
+             count(*) FILTER (WHERE status = 'archived') AS archived,
+             count(*) FILTER (WHERE status = 'dropped') AS dropped,
+             count(*) FILTER (WHERE status = 'failed') AS failed,
+             count(*) FILTER (WHERE isolation = 'shared' AND status <> 'dropped') AS shared
+      FROM tenancy.tenants) t,
+     (SELECT count(*) AS provisioned_24h,
+             count(*) FILTER (WHERE (a.details->>'from_pool')::boolean) AS from_pool_24h,
+             round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p50_ms,
+             round(percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p95_ms
+      FROM tenancy.audit_log a
+      WHERE a.action = 'provision' AND a.at > now() - interval '1 day') p;
+
+CREATE OR REPLACE FUNCTION tenancy._check_saved_catalog() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad text;
+BEGIN
+    SELECT CASE
+             WHEN NOT r.rolsuper THEN format('schema tenancy_saved belongs to %s, not to a superuser', r.rolname)
+           END INTO bad
+    FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'tenancy_saved';
+    IF bad IS NULL THEN
+        SELECT CASE
+                 WHEN NOT r.rolsuper THEN format('table tenancy_saved.%s belongs to %s, not to a superuser', c.relname, r.rolname)
+                 WHEN c.relkind <> 'r' THEN format('tenancy_saved.%s is not a plain table', c.relname)
+                 WHEN c.relhastriggers OR c.relhasrules OR c.relrowsecurity
+                      OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid)
+                      OR EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = c.oid)
+                 THEN format('table tenancy_saved.%s has triggers, rules or row security', c.relname)
+               END INTO bad
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles r ON r.oid = c.relowner
+        WHERE n.nspname = 'tenancy_saved'
+        ORDER BY 1 NULLS LAST LIMIT 1;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'tenancy_saved was not made by tenancy: %', bad
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Look at what is in schema tenancy_saved, remove it, and run the command again.';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._save_catalog() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    schemas bigint;
+    shared bigint;
+BEGIN
+    -- ddl_command_start does not say what is dropped: look at the statement.
+    -- A wider match than needed only saves a snapshot nobody uses; a
+    -- worker has no statement text (NULL) and never drops the extension.
+    IF coalesce(current_query(), '') !~* '\mdrop\s+(extension|schema)\M[^;]*"?\mtenancy\M"?\s*(,|;|\mcascade\M|\mrestrict\M|$)' THEN
+        RETURN;
+    END IF;
+    SELECT count(*) FILTER (WHERE isolation = 'schema' AND status <> 'dropped'),
+           count(*) FILTER (WHERE isolation = 'shared' AND status <> 'dropped')
+    INTO schemas, shared FROM tenancy.tenants;
+    -- the superuser runs this: a schema or table someone else made (with a
+    -- trigger in it) must not receive the catalog
+    PERFORM tenancy._check_saved_catalog();
+    CREATE SCHEMA IF NOT EXISTS tenancy_saved;
+    CREATE TABLE IF NOT EXISTS tenancy_saved.catalog (
+        kind     text        NOT NULL,
+        data     jsonb       NOT NULL,
+        saved_at timestamptz NOT NULL DEFAULT now()
+    );
+    COMMENT ON SCHEMA tenancy_saved IS
+        'tenancy: the catalog saved by DROP EXTENSION tenancy; SELECT * FROM tenancy.adopt_schemas() takes it back';
+    -- added to what an earlier drop saved and nobody adopted: never lost
+    INSERT INTO tenancy_saved.catalog (kind, data)
+    SELECT 'template', to_jsonb(t) FROM tenancy.templates t WHERE NOT t.shipped
+    UNION ALL
+    SELECT 'tenant', to_jsonb(t) FROM tenancy.tenants t
+    UNION ALL
+    SELECT 'pool_setting', to_jsonb(p) FROM tenancy.pool_settings p;
+    RAISE NOTICE 'tenancy: % tenant schema(s) and % shared tenant(s) stay in place with their data and roles; the catalog is saved in tenancy_saved.catalog',
+        schemas, shared
+        USING HINT = 'After CREATE EXTENSION tenancy, SELECT * FROM tenancy.adopt_schemas() takes them back. '
+                     'Shared tables lose their policies with the extension (CASCADE) and stay closed to tenant roles until then.';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.adopt_schemas()
+RETURNS TABLE(slug text, isolation text, schema_name name, status tenancy.tenant_status, result text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    t tenancy.tenants;
+    present name;
+    s name;
+BEGIN
+    IF to_regclass('tenancy_saved.catalog') IS NULL THEN
+        RAISE EXCEPTION 'there is no saved catalog to adopt: tenancy_saved.catalog does not exist'
+            USING ERRCODE = 'undefined_table',
+                  HINT = 'DROP EXTENSION tenancy saves it; nothing was dropped here, or it was adopted already.';
+    END IF;
+    PERFORM tenancy._check_saved_catalog();
+    FOR r IN SELECT c.data FROM tenancy_saved.catalog c WHERE c.kind = 'template' ORDER BY c.saved_at DESC LOOP
+        INSERT INTO tenancy.templates SELECT (jsonb_populate_record(NULL::tenancy.templates, r.data)).*
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+    FOR r IN SELECT c.data FROM tenancy_saved.catalog c WHERE c.kind = 'pool_setting' ORDER BY c.saved_at DESC LOOP
+        INSERT INTO tenancy.pool_settings SELECT (jsonb_populate_record(NULL::tenancy.pool_settings, r.data)).*
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+    -- the newest save of a tenant wins; an older one is reported as skipped
+    FOR r IN SELECT c.data, c.saved_at FROM tenancy_saved.catalog c WHERE c.kind = 'tenant'
+             ORDER BY c.saved_at DESC, c.data->>'created_at' LOOP
+        t := jsonb_populate_record(NULL::tenancy.tenants, r.data);
+        slug := t.slug;
+        isolation := t.isolation;
+        schema_name := t.schema_name;
+        status := t.status;
+        present := CASE WHEN t.status = 'dropped' THEN NULL
+                        WHEN t.isolation = 'shared' THEN tenancy._access_schema(t)
+                        WHEN t.status = 'archived' THEN tenancy._archive_name(t)
+                        ELSE t.schema_name END;
+        IF EXISTS (SELECT 1 FROM tenancy.tenants x WHERE x.id = t.id OR x.slug = t.slug) THEN
+            result := 'skipped: already in the catalog';
+        ELSIF NOT EXISTS (SELECT 1 FROM tenancy.templates p WHERE p.name = t.template AND p.version = t.template_version) THEN
+            result := format('skipped: template %s version %s is not known', t.template, t.template_version);
+        ELSIF t.status <> 'dropped' AND to_regnamespace(quote_ident(present)) IS NULL THEN
+            result := format('skipped: schema %s is missing', present);
+        ELSE
+            INSERT INTO tenancy.tenants SELECT t.*;
+            PERFORM tenancy._audit('adopt', t, jsonb_build_object('saved_at', r.saved_at));
+            result := CASE WHEN t.status = 'dropped' THEN 'adopted (tombstone)' ELSE 'adopted' END;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    -- the policies of shared tables went with the extension
+    FOR s IN SELECT DISTINCT tenancy._access_schema(x) FROM tenancy.tenants x
+             WHERE x.isolation = 'shared' AND x.status <> 'dropped' LOOP
+        PERFORM tenancy._enable_rls(tbl) FROM tenancy._shared_tables(s) tbl;
+    END LOOP;
+    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE 'tenancy\_pool\_%'
+             AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP
+        EXECUTE format('DROP SCHEMA %I CASCADE', s);
+    END LOOP;
+    DROP TABLE tenancy_saved.catalog;
+    DROP SCHEMA tenancy_saved;
+    PERFORM tenancy._wake_worker();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION "template_ddl"(
+	"template" TEXT, /* & str */
+	"slug" TEXT /* & str */
+) RETURNS SETOF TEXT /* String */
+STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'template_ddl_wrapper';
+
+CREATE OR REPLACE FUNCTION "validate"(
+	"tenants" jsonb /* JsonB */
+) RETURNS TABLE (
+	"ordinal" INT,  /* i32 */
+	"slug" TEXT,  /* Option < String > */
+	"valid" bool,  /* bool */
+	"errors" TEXT[]  /* Vec < String > */
+)
+STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'validate_wrapper';
+
+CREATE OR REPLACE FUNCTION tenancy._premake_partitions(p_schema name, p_table name, p_unit text, p_premake integer)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    step interval := ('1 ' || p_unit)::interval;
+    lo timestamp;
+    part name;
+    made integer := 0;
+BEGIN
+    FOR i IN 0..p_premake LOOP
+        lo := date_trunc(p_unit, localtimestamp) + i * step;
+        part := p_table || '_p' || to_char(lo, 'YYYYMMDD');
+        IF to_regclass(format('%I.%I', p_schema, part)) IS NULL THEN
+            EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                           p_schema, part, p_schema, p_table, lo, lo + step);
+            made := made + 1;
+        END IF;
+    END LOOP;
+    RETURN made;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.provision(
+    slug text,
+    name text DEFAULT NULL,
+    template text DEFAULT 'default',
+    options jsonb DEFAULT '{}'
+) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    tenant_id uuid;
+    result tenancy.tenants;
+BEGIN
+    tenant_id := tenancy._provision(slug, name, template, options);
+    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = tenant_id;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._apply_privileges() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    admin name := tenancy._db_role('admin');
+    owner name := tenancy._db_role('owner');
+    r record;
+    role name;
+BEGIN
+    FOR r IN SELECT * FROM (VALUES
+            ('admin', 'NOLOGIN'),
+            -- every shared tenant's rows, for an admin's explicit SET ROLE
+            ('all_tenants', 'NOLOGIN NOINHERIT BYPASSRLS'),
+            ('owner', 'NOLOGIN NOINHERIT'),
+            ('shared', 'NOLOGIN NOINHERIT')) v(kind, options) LOOP
+        role := tenancy._db_role(r.kind);
+        IF NOT EXISTS (SELECT 1 FROM pg_roles x WHERE x.rolname = role) THEN
+            EXECUTE format('CREATE ROLE %I %s', role, r.options);
+            EXECUTE format('COMMENT ON ROLE %I IS %L', role, tenancy._role_comment(r.kind));
+        ELSIF NOT tenancy._is_own_role(role) THEN
+            RAISE EXCEPTION 'role % exists and was not made by tenancy for this database', role
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Drop or rename that role, then run the command again.';
+        END IF;
+    END LOOP;
+    EXECUTE format('GRANT %I TO %I', tenancy._db_role('all_tenants'), admin);
+
+    -- internal helpers (_*) stay the extension owner's
+    REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenancy FROM PUBLIC;
+    REVOKE ALL ON ALL PROCEDURES IN SCHEMA tenancy FROM PUBLIC;
+    -- the admin of this database manages its tenants: the functions whose
+    -- name does not start with _, and reading the catalog; adopting makes
+    -- roles and policies from a table anyone with CREATE could have written,
+    -- so it is the superuser's
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO %I', admin);
+    FOR r IN SELECT p.oid::regprocedure AS f, p.prokind FROM pg_proc p
+             WHERE p.pronamespace = 'tenancy'::regnamespace AND left(p.proname, 1) <> '_'
+               AND p.proname NOT IN ('adopt_schemas') LOOP
+        EXECUTE format('GRANT EXECUTE ON %s %s TO %I',
+                       CASE r.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, r.f, admin);
+    END LOOP;
+    -- what the owner role runs inside tenant schemas: SECURITY INVOKER
+    -- helpers that give it nothing it does not have already
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy._maintain_partitions(regclass, text, integer, interval), '
+                   'tenancy._copy_partition_indexes(regclass, regclass), '
+                   'tenancy._premake_partitions(name, name, text, integer) TO %I', owner);
+    -- what tenants' own sessions need: the context and the policies' functions
+    GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
+    GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.admin_role(),
+                              tenancy.set_tenant(text, boolean), tenancy.set_tenant(uuid, boolean) TO PUBLIC;
+
+    -- set_tenant reads the catalog as the owner, but must not pin
+    -- search_path: setting it (for a schema tenant) is part of its job. Its
+    -- own queries run with a safe search_path inside.
+    ALTER FUNCTION tenancy.set_tenant(text, boolean) SECURITY DEFINER;
+    -- Every other function runs as the extension's owner with a pinned
+    -- path; those that touch what a tenant or an admin wrote (template SQL,
+    -- tenant tables) switch to the owner role inside (tenancy._as_owner).
+    FOR r IN
+        SELECT p.oid::regprocedure AS f FROM pg_proc p
+        WHERE p.pronamespace = 'tenancy'::regnamespace AND p.prokind = 'f'
+          AND p.proname NOT IN ('current_tenant_id', 'set_tenant', 'admin_role', '_maintain_partitions',
+                                '_copy_partition_indexes', '_premake_partitions', '_save_catalog', '_caller',
+                                '_is_own_role', '_uuid_or_null', '_apply_privileges')
+          AND NOT p.prosecdef
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', r.f);
+    END LOOP;
+END
+$$;
+-- </functions>
+
+-- timeseries version 2 (versions already there are kept as they are)
+SELECT tenancy._load_shipped_templates();
+
+-- grants and SECURITY DEFINER of every function, as a fresh install has them
+SELECT tenancy._apply_privileges();
+REVOKE ALL ON FUNCTION tenancy._apply_privileges() FROM PUBLIC;
