@@ -18,6 +18,8 @@ SUITE="${TENANCY_IN_ROOT:-}"
 if [ -n "$SUITE" ]; then
     BUILD="$ROOT/target/$SUITE"
     export CARGO_TARGET_DIR="$BUILD"
+    # tools built there stay there (~/.cargo/bin is the machine's, shared)
+    export CARGO_INSTALL_ROOT=/usr/local
 else
     BUILD="$ROOT/target"
 fi

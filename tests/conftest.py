@@ -38,6 +38,17 @@ def db(fresh_db):
         yield c
 
 
+# extensions scripts/test has installed: a test that needs one fails rather
+# than skips when it is missing (so that CI never passes by skipping them)
+REQUIRED = set(filter(None, os.environ.get("TENANCY_TEST_REQUIRE", "").split(",")))
+
+
+def skip_without(extension, reason):
+    if extension in REQUIRED:
+        pytest.fail(f"{reason}, and scripts/test installed it (TENANCY_TEST_REQUIRE)")
+    pytest.skip(reason)
+
+
 PGDATA = os.environ.get("TENANCY_TEST_PGDATA", HOST)
 PG_BIN = os.environ.get("TENANCY_PG_BIN", "/usr/lib/postgresql/15/bin")
 

@@ -4,13 +4,13 @@ tenant database (the documented ways to run without the worker)."""
 
 import pytest
 
-from conftest import connect, wait_for
+from conftest import skip_without, connect, wait_for
 
 
 def test_pg_cron_job_runs_maintenance_and_process_queue(db, fresh_db):
     with connect("postgres", autocommit=True) as pg:
         if not pg.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'").fetchone():
-            pytest.skip("pg_cron is not installed")
+            skip_without("pg_cron", "pg_cron is not installed")
         pg.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
         db.execute("CREATE TABLE public.queue_runs (at timestamptz DEFAULT now(), processed int)")
         db.execute("SELECT tenancy.provision_batch('[{\"slug\": \"cron1\"}]')")
