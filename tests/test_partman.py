@@ -5,7 +5,7 @@ neither touching the other's partitions."""
 import pytest
 from psycopg import sql
 
-from conftest import skip_without, wait_for
+from conftest import connect, skip_without, wait_for
 
 EVENTS = ('{"tables": ["CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY, at timestamptz NOT NULL, '
           'kind text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)"], '
@@ -23,6 +23,13 @@ def newest(names):
     return max(n for n in names if not n.endswith("_default"))
 
 
+# pg_partman versions whose own worker fails at every run on the PostgreSQL
+# they are packaged with, tenancy or not: 5.2.4 in Debian trixie (17.12) logs
+# 'cannot drop portal "<unnamed portal 1>" while it is being set up' at each
+# CALL run_maintenance_proc(). There pg_cron runs its maintenance instead.
+PARTMAN_BGW_BROKEN = {"5.2.4"}
+
+
 @pytest.fixture
 def partman_db(db, fresh_db):
     if db.execute("SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_partman'").fetchone()[0] == 0:
@@ -31,14 +38,26 @@ def partman_db(db, fresh_db):
         skip_without("pg_partman", "pg_partman_bgw is not preloaded")
     db.execute("CREATE SCHEMA partman")
     db.execute("CREATE EXTENSION pg_partman SCHEMA partman")
-    # its worker runs maintenance in this database, every second
-    db.execute("ALTER SYSTEM SET pg_partman_bgw.dbname = %s" % sql.quote(fresh_db))
-    db.execute("ALTER SYSTEM SET pg_partman_bgw.interval = 1")
-    db.execute("SELECT pg_reload_conf()")
-    yield db
-    db.execute("ALTER SYSTEM RESET pg_partman_bgw.dbname")
-    db.execute("ALTER SYSTEM RESET pg_partman_bgw.interval")
-    db.execute("SELECT pg_reload_conf()")
+    version = db.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").fetchone()[0]
+    with connect("postgres", autocommit=True) as pg:
+        if version in PARTMAN_BGW_BROKEN:
+            pg.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+            job = pg.execute("SELECT cron.schedule_in_database('partman-test', '1 seconds', "
+                             "'CALL partman.run_maintenance_proc()', %s)", (fresh_db,)).fetchone()[0]
+        else:
+            # its worker runs maintenance in this database, every second
+            pg.execute("ALTER SYSTEM SET pg_partman_bgw.dbname = %s" % sql.quote(fresh_db))
+            pg.execute("ALTER SYSTEM SET pg_partman_bgw.interval = 1")
+            pg.execute("SELECT pg_reload_conf()")
+        try:
+            yield db
+        finally:
+            if version in PARTMAN_BGW_BROKEN:
+                pg.execute("SELECT cron.unschedule(%s)", (job,))
+            else:
+                pg.execute("ALTER SYSTEM RESET pg_partman_bgw.dbname")
+                pg.execute("ALTER SYSTEM RESET pg_partman_bgw.interval")
+                pg.execute("SELECT pg_reload_conf()")
 
 
 def test_pg_partman_and_tenancy_keep_their_own_partitions(partman_db, fresh_db):
@@ -50,6 +69,8 @@ def test_pg_partman_and_tenancy_keep_their_own_partitions(partman_db, fresh_db):
     kind = ", p_type => 'native'" if major < 5 else ""
     db.execute("SELECT partman.create_parent(p_parent_table => 'public.measurements', p_control => 'at', "
                f"p_interval => '1 day', p_premake => 3{kind})")
+    # ahead of now, not only of the newest row (there are none)
+    db.execute("UPDATE partman.part_config SET infinite_time_partitions = true")
     db.execute("SELECT tenancy.register_template('events', %s)", (EVENTS,))
     db.execute("SELECT tenancy.provision('pm1', NULL, 'events')")
     theirs, ours = partitions(db, "public.measurements"), partitions(db, "tenant_pm1.events")
@@ -64,13 +85,12 @@ def test_pg_partman_and_tenancy_keep_their_own_partitions(partman_db, fresh_db):
                                 "WHERE name = 'maintenance'", (before,)).fetchone()[0],
              what="tenancy's worker to run maintenance")
     wait_for(lambda: partitions(db, "public.measurements") == theirs, timeout=30,
-             what="pg_partman's worker to make its partition again")
+             what="pg_partman's maintenance to make its partition again")
     assert partitions(db, "tenant_pm1.events") == ours
 
     # several passes of both later, neither has touched the other's table
     result, error = db.execute("SELECT last_result, last_error FROM tenancy.jobs WHERE name = 'maintenance'").fetchone()
     assert error is None and "measurements" not in str(result), (result, error)
-    assert any(newest(ours) in p for p in result["partitions_created"]), result
     assert db.execute("SELECT array_agg(parent_table) FROM partman.part_config").fetchone()[0] == ["public.measurements"]
     for _ in range(3):
         mine = db.execute("SELECT tenancy.run_maintenance()").fetchone()[0]

@@ -121,6 +121,11 @@ def test_fewer_workers_when_slots_run_out(fresh_db):
                                    "AND datname = current_database()").fetchone()[0] == 1, what="the scheduler")
         time.sleep(1)
         static = c.execute(background).fetchone()[0]
+        # pg_partman 5's master worker holds a slot but connects to no
+        # database, so pg_stat_activity does not show it
+        if "pg_partman_bgw" in c.execute("SHOW shared_preload_libraries").fetchone()[0] and not c.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE backend_type LIKE 'pg_partman%%'").fetchone():
+            static += 1
     try:
         for spare, prefix in ((1, "one"), (0, "none")):
             pg_ctl("restart", "-m", "fast", "-o", f"-c max_worker_processes={static + spare}")
