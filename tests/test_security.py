@@ -1057,6 +1057,22 @@ def test_a_refused_command_does_not_pause_the_worker(db, fresh_db, cluster, wher
     print(f"the batch completed {time.monotonic() - started:.1f} s after the refused command")
 
 
+@pytest.mark.parametrize("who", ["nobody", "admin"])
+def test_an_update_by_a_non_owner_does_not_fence_the_worker(db, cluster, who):
+    """Attack: a user with only CONNECT (or the admin) runs ALTER EXTENSION tenancy UPDATE in a transaction it leaves open, so that the worker fence (taken before an update) stops every batch."""
+    user = cluster.admin(db) if who == "admin" else cluster.login("nobody")
+    c = cluster.connect(user)
+    c.execute("BEGIN")
+    with refused("42501"):
+        c.execute("ALTER EXTENSION tenancy UPDATE")
+    # its transaction stays open (aborted): whatever it took, it still holds
+    batch = one(db, """SELECT tenancy.provision_batch('[{"slug": "unfenced1"}, {"slug": "unfenced2"}]')""")
+    assert wait_batch(db, batch, "20 s") == "completed"
+    assert one(db, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                   "WHERE a.usename = %s AND l.relation = 'tenancy.jobs'::regclass", (user,)) == 0
+    c.execute("ROLLBACK")
+
+
 # -- inputs -------------------------------------------------------------------------------------------------
 
 UNKNOWN_TENANT_CALLS = [
