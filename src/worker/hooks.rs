@@ -65,15 +65,7 @@ unsafe fn owns_database(db: pg_sys::Oid) -> bool {
 /// The current user owns the extension and its schema here: what DROP
 /// EXTENSION tenancy (or DROP SCHEMA tenancy) checks first.
 fn may_drop_tenancy() -> bool {
-    Spi::get_one::<bool>(
-        "SELECT pg_catalog.pg_has_role(CURRENT_USER, e.extowner, 'USAGE') \
-                AND pg_catalog.pg_has_role(CURRENT_USER, n.nspowner, 'USAGE') \
-         FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
-         WHERE e.extname OPERATOR(pg_catalog.=) 'tenancy'",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    owns_tenancy_and(true)
 }
 
 /// The relation a statement names, looked up without a lock (taking one is
@@ -159,9 +151,18 @@ unsafe fn updates_tenancy(stmt: *mut pg_sys::Node) -> bool {
 
 /// The current user owns the extension: what ALTER EXTENSION UPDATE checks.
 fn owns_tenancy() -> bool {
-    Spi::get_one::<bool>(
+    owns_tenancy_and(false)
+}
+
+/// Membership in the extension's owner and, with `schema_too`, in the
+/// owner of its schema: the one home of both checks above.
+fn owns_tenancy_and(schema_too: bool) -> bool {
+    Spi::get_one_with_args::<bool>(
         "SELECT pg_catalog.pg_has_role(CURRENT_USER, e.extowner, 'USAGE') \
-         FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'tenancy'",
+                AND (NOT $1 OR pg_catalog.pg_has_role(CURRENT_USER, n.nspowner, 'USAGE')) \
+         FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+         WHERE e.extname OPERATOR(pg_catalog.=) 'tenancy'",
+        &[schema_too.into()],
     )
     .ok()
     .flatten()
