@@ -80,7 +80,7 @@ ensure_python() {
     if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c 'import psycopg' 2>/dev/null; then
         log "creating $venv with pytest and psycopg"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "pytest==8.3.4" "psycopg[binary]==3.2.3"
+        "$venv/bin/pip" install -q --disable-pip-version-check "pytest==8.3.4" "psycopg[binary]==3.2.13"
     fi
     PYTHON="$venv/bin/python"
 }

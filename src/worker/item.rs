@@ -22,8 +22,14 @@ pub extern "C-unwind" fn tenancy_item_worker_main(_arg: pg_sys::Datum) {
     // SIGTERM as for a client backend: FATAL at the next interrupt check, so
     // the item's transaction aborts (bgworker_die, the default, would exit
     // from inside the signal handler, wherever the process happens to be)
+    // (PostgreSQL 18 renamed the backend's pqsignal to pqsignal_be)
+    #[cfg(not(feature = "pg18"))]
     unsafe {
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
     }
     let db: u32 = BackgroundWorker::get_extra().parse().unwrap_or(0);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);

@@ -26,7 +26,10 @@ TRUNCATE tenant_life.users;
 \echo :LAST_ERROR_SQLSTATE
 SELECT setval('tenant_life.items_id_seq', 1000);
 \echo :LAST_ERROR_SQLSTATE
+-- (the code alone: PostgreSQL 18 adds the error's position)
+\set VERBOSITY sqlstate
 CREATE TABLE tenant_life.mine (id int);
+\set VERBOSITY default
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 
