@@ -402,10 +402,11 @@ $$;
 -- What run_worker_pass calls (the procedure cannot be SECURITY DEFINER: it
 -- commits): one unit of queued work (a batch item, a warm-pool schema or a
 -- chunk of a dropped tenant's schema), and the jobs that are due after the
--- batches' final status.
+-- batches' final status. One item per unit, so that a pass from pg_cron
+-- commits each tenant as it is made (the worker takes several at once).
 CREATE FUNCTION tenancy.run_queue_unit() RETURNS boolean
 LANGUAGE sql
-RETURN tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work();
+RETURN tenancy._process_next(1) > 0 OR tenancy._pool_work() OR tenancy._trash_work();
 
 -- A job run in steps still has steps due (run_worker_pass goes on).
 CREATE FUNCTION tenancy.run_due_jobs_pending() RETURNS boolean

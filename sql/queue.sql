@@ -1,7 +1,8 @@
--- The batch queue. One call of tenancy._process_next() provisions at most one
--- item in the caller's transaction: the item row stays locked (FOR UPDATE SKIP
--- LOCKED) until that transaction ends, so a worker that dies leaves the item
--- queued and the tenant unmade, and no two sessions ever make the same item.
+-- The batch queue. One call of tenancy._process_next(n) makes at most n items
+-- of one batch (one of a provisioning batch) in the caller's transaction, each
+-- in a subtransaction: the item rows stay locked (FOR UPDATE SKIP LOCKED)
+-- until that transaction ends, so a worker that dies leaves its items queued
+-- and their tenants unmade, and no two sessions ever make the same item.
 
 -- Every batch gets its max_concurrent slots as it is made.
 CREATE FUNCTION tenancy._make_batch_slots() RETURNS trigger
@@ -17,21 +18,24 @@ $$;
 CREATE TRIGGER batches_slots AFTER INSERT ON tenancy.batches
     FOR EACH ROW EXECUTE FUNCTION tenancy._make_batch_slots();
 
-CREATE FUNCTION tenancy._process_next() RETURNS boolean
+-- The runner, tenancy._process_next(max_items), is Rust (src/queue.rs); it
+-- calls these two leaves around the items it makes.
+
+-- Claims one batch's concurrency slot and up to max_items of its ready
+-- items (one of a provisioning batch), locked (FOR UPDATE SKIP LOCKED) until the caller's transaction ends;
+-- marks the batch started. No rows when nothing is ready.
+CREATE FUNCTION tenancy._claim_items(max_items integer)
+RETURNS TABLE (batch_id uuid, retry_attempts integer, retry_delay_ms double precision,
+               continue_on_error boolean, ordinal integer, migrate_tenant uuid,
+               migrate_to integer, spec jsonb, attempts integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     b record;
-    it record;
-    t0 timestamptz;
-    new_id uuid;
-    err_state text;
-    err_msg text;
-    err_detail text;
 BEGIN
     FOR b IN
-        SELECT bt.id, bt.kind, bt.status, bt.max_concurrent, bt.retry_attempts, bt.retry_delay, bt.continue_on_error
+        SELECT bt.id, bt.kind, bt.status, bt.retry_attempts, bt.retry_delay, bt.continue_on_error
         FROM tenancy.batches bt
         WHERE bt.status IN ('queued', 'in_progress')
           AND EXISTS (SELECT 1 FROM tenancy.batch_items i
@@ -45,11 +49,19 @@ BEGIN
         ORDER BY s.slot LIMIT 1 FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
 
-        SELECT i.* INTO it
+        RETURN QUERY
+        SELECT b.id, b.retry_attempts, extract(epoch FROM b.retry_delay)::double precision * 1000,
+               b.continue_on_error, i.ordinal,
+               CASE WHEN b.kind = 'migrate' THEN (i.spec->>'tenant_id')::uuid END,
+               CASE WHEN b.kind = 'migrate' THEN (i.spec->>'to_version')::integer END,
+               i.spec, i.attempts
         FROM tenancy.batch_items i
         WHERE i.batch_id = b.id AND i.status = 'queued' AND i.next_attempt_at <= clock_timestamp()
         ORDER BY i.next_attempt_at, i.ordinal
-        LIMIT 1
+        -- a tenant provisioned in a transaction of its own (several to one
+        -- are no faster: the cost is catalog work, not the commit); tenants
+        -- migrated several to one, as a commit costs a small migration
+        LIMIT CASE WHEN b.kind = 'migrate' THEN max_items ELSE 1 END
         FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
 
@@ -57,53 +69,41 @@ BEGIN
             UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
             WHERE id = b.id AND status = 'queued';
         END IF;
-
-        t0 := clock_timestamp();
-        BEGIN
-            IF b.kind = 'migrate' THEN
-                new_id := (it.spec->>'tenant_id')::uuid;
-                PERFORM tenancy._migrate_tenant(new_id, (it.spec->>'to_version')::integer);
-            ELSE
-                new_id := tenancy._provision(it.slug, it.spec->>'name',
-                                             coalesce(it.spec->>'template', 'default'),
-                                             it.spec - 'slug' - 'name' - 'template');
-            END IF;
-            UPDATE tenancy.batch_items
-            SET status = 'succeeded', attempts = attempts + 1, tenant_id = new_id,
-                schema_name = (SELECT t.schema_name FROM tenancy.tenants t WHERE t.id = new_id),
-                started_at = coalesce(started_at, t0), finished_at = clock_timestamp(),
-                duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
-                last_error = NULL, last_sqlstate = NULL
-            WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
-        EXCEPTION WHEN OTHERS OR query_canceled THEN
-            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
-                                    err_detail = PG_EXCEPTION_DETAIL;
-            IF err_detail <> '' THEN
-                err_msg := err_msg || E'\n' || err_detail;
-            END IF;
-            IF tenancy._is_transient(err_state) AND it.attempts < b.retry_attempts THEN
-                UPDATE tenancy.batch_items
-                SET attempts = attempts + 1, last_error = err_msg, last_sqlstate = err_state,
-                    started_at = coalesce(started_at, t0),
-                    next_attempt_at = clock_timestamp()
-                        + tenancy._retry_backoff_ms(it.attempts + 1, extract(epoch FROM b.retry_delay) * 1000, random())
-                          * interval '1 millisecond'
-                WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
-            ELSE
-                UPDATE tenancy.batch_items
-                SET status = 'failed', attempts = attempts + 1, last_error = err_msg,
-                    last_sqlstate = err_state, started_at = coalesce(started_at, t0),
-                    finished_at = clock_timestamp(),
-                    duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000
-                WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
-                IF NOT b.continue_on_error THEN
-                    PERFORM tenancy._stop_batch(b.id, 'failed');
-                END IF;
-            END IF;
-        END;
-        RETURN true;
+        RETURN;
     END LOOP;
-    RETURN false;
+END
+$$;
+
+-- Writes the results of one claim, in one statement: status 'succeeded',
+-- 'failed', 'cancelled', or 'queued' again for a retry in retry_in_ms.
+-- Times come as milliseconds ago. stop_batch: an item failed in a batch
+-- that does not continue on error.
+CREATE FUNCTION tenancy._record_results(batch uuid, results jsonb, stop_batch boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE tenancy.batch_items i
+    SET status = r.status,
+        attempts = i.attempts + CASE WHEN r.status = 'cancelled' THEN 0 ELSE 1 END,
+        tenant_id = coalesce(r.tenant_id, i.tenant_id),
+        schema_name = CASE WHEN r.status = 'succeeded'
+                           THEN (SELECT t.schema_name FROM tenancy.tenants t WHERE t.id = r.tenant_id)
+                           ELSE i.schema_name END,
+        last_error = r.error, last_sqlstate = r.sqlstate,
+        started_at = coalesce(i.started_at, clock_timestamp() - r.started_ago_ms * interval '1 millisecond'),
+        finished_at = CASE WHEN r.status <> 'queued' THEN clock_timestamp() ELSE i.finished_at END,
+        duration_ms = coalesce(r.duration_ms, i.duration_ms),
+        next_attempt_at = CASE WHEN r.status = 'queued'
+                               THEN clock_timestamp() + r.retry_in_ms * interval '1 millisecond'
+                               ELSE i.next_attempt_at END
+    FROM jsonb_to_recordset(results) AS r(ordinal integer, status text, tenant_id uuid, error text,
+                                          sqlstate text, started_ago_ms double precision,
+                                          duration_ms double precision, retry_in_ms double precision)
+    WHERE i.batch_id = batch AND i.ordinal = r.ordinal;
+    IF stop_batch THEN
+        PERFORM tenancy._stop_batch(batch, 'failed');
+    END IF;
 END
 $$;
 
@@ -222,6 +222,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     done integer := 0;
+    n integer;
     -- one transaction holds the locks of every tenant it makes: keep it bounded
     cap integer := least(coalesce(max_items, 100), 1000);
 BEGIN
@@ -229,8 +230,11 @@ BEGIN
         RAISE EXCEPTION 'max_items must be at least 1, not %', max_items
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    WHILE done < cap AND tenancy._process_next() LOOP
-        done := done + 1;
+    LOOP
+        n := tenancy._process_next(cap - done);
+        EXIT WHEN n = 0;
+        done := done + n;
+        EXIT WHEN done >= cap;
     END LOOP;
     PERFORM tenancy._finalize_batches();
     -- one chunk of a dropped tenant's schema, as the worker would

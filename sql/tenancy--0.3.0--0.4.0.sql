@@ -5,6 +5,16 @@
 -- gets a version 2 with text columns (TimescaleDB warns of varchar), with
 -- the migrations that move version 1 tenants to it. ALTER EXTENSION UPDATE
 -- waits for the worker instead of deadlocking with it (in the library).
+-- Batch items are made by the library, several per transaction, each in
+-- its own subtransaction with its own result.
+
+-- The queue runner is Rust now (src/queue.rs), taking several items per
+-- transaction: _process_next() changes its signature, and the SQL copies of
+-- its retry rules go (run_queue_unit, which calls it, is made again below).
+DROP FUNCTION tenancy.run_queue_unit();
+DROP FUNCTION tenancy._process_next();
+DROP FUNCTION tenancy._is_transient(text);
+DROP FUNCTION tenancy._retry_backoff_ms(integer, double precision, double precision);
 
 -- Every function and view, as in a fresh install (written by
 -- scripts/upgrade-functions from the generated install script).
@@ -31,13 +41,6 @@ STRICT STABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'caller_wrapper';
 
-CREATE OR REPLACE FUNCTION "_is_transient"(
-	"sqlstate" TEXT /* & str */
-) RETURNS bool /* bool */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'is_transient_sql_wrapper';
-
 CREATE OR REPLACE FUNCTION "_load_shipped_templates"() RETURNS INT /* i32 */
 STRICT 
 LANGUAGE c /* Rust */
@@ -58,6 +61,13 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'pool_build_wrapper';
 
+CREATE OR REPLACE FUNCTION "_process_next"(
+	"max_items" INT /* Option < i32 > */
+) RETURNS INT /* i32 */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'process_next_wrapper';
+
 CREATE OR REPLACE FUNCTION "_provision"(
 	"slug" TEXT, /* Option < & str > */
 	"name" TEXT, /* Option < & str > */
@@ -67,15 +77,6 @@ CREATE OR REPLACE FUNCTION "_provision"(
 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'provision_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION "_retry_backoff_ms"(
-	"attempt" INT, /* i32 */
-	"base_ms" double precision, /* f64 */
-	"unit" double precision /* f64 */
-) RETURNS double precision /* f64 */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'retry_backoff_ms_wrapper';
 
 CREATE OR REPLACE FUNCTION tenancy._make_batch_slots() RETURNS trigger
 LANGUAGE plpgsql
@@ -88,21 +89,18 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION tenancy._process_next() RETURNS boolean
+CREATE OR REPLACE FUNCTION tenancy._claim_items(max_items integer)
+RETURNS TABLE (batch_id uuid, retry_attempts integer, retry_delay_ms double precision,
+               continue_on_error boolean, ordinal integer, migrate_tenant uuid,
+               migrate_to integer, spec jsonb, attempts integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     b record;
-    it record;
-    t0 timestamptz;
-    new_id uuid;
-    err_state text;
-    err_msg text;
-    err_detail text;
 BEGIN
     FOR b IN
-        SELECT bt.id, bt.kind, bt.status, bt.max_concurrent, bt.retry_attempts, bt.retry_delay, bt.continue_on_error
+        SELECT bt.id, bt.kind, bt.status, bt.retry_attempts, bt.retry_delay, bt.continue_on_error
         FROM tenancy.batches bt
         WHERE bt.status IN ('queued', 'in_progress')
           AND EXISTS (SELECT 1 FROM tenancy.batch_items i
@@ -116,11 +114,19 @@ BEGIN
         ORDER BY s.slot LIMIT 1 FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
 
-        SELECT i.* INTO it
+        RETURN QUERY
+        SELECT b.id, b.retry_attempts, extract(epoch FROM b.retry_delay)::double precision * 1000,
+               b.continue_on_error, i.ordinal,
+               CASE WHEN b.kind = 'migrate' THEN (i.spec->>'tenant_id')::uuid END,
+               CASE WHEN b.kind = 'migrate' THEN (i.spec->>'to_version')::integer END,
+               i.spec, i.attempts
         FROM tenancy.batch_items i
         WHERE i.batch_id = b.id AND i.status = 'queued' AND i.next_attempt_at <= clock_timestamp()
         ORDER BY i.next_attempt_at, i.ordinal
-        LIMIT 1
+        -- a tenant provisioned in a transaction of its own (several to one
+        -- are no faster: the cost is catalog work, not the commit); tenants
+        -- migrated several to one, as a commit costs a small migration
+        LIMIT CASE WHEN b.kind = 'migrate' THEN max_items ELSE 1 END
         FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
 
@@ -128,53 +134,37 @@ BEGIN
             UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
             WHERE id = b.id AND status = 'queued';
         END IF;
-
-        t0 := clock_timestamp();
-        BEGIN
-            IF b.kind = 'migrate' THEN
-                new_id := (it.spec->>'tenant_id')::uuid;
-                PERFORM tenancy._migrate_tenant(new_id, (it.spec->>'to_version')::integer);
-            ELSE
-                new_id := tenancy._provision(it.slug, it.spec->>'name',
-                                             coalesce(it.spec->>'template', 'default'),
-                                             it.spec - 'slug' - 'name' - 'template');
-            END IF;
-            UPDATE tenancy.batch_items
-            SET status = 'succeeded', attempts = attempts + 1, tenant_id = new_id,
-                schema_name = (SELECT t.schema_name FROM tenancy.tenants t WHERE t.id = new_id),
-                started_at = coalesce(started_at, t0), finished_at = clock_timestamp(),
-                duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
-                last_error = NULL, last_sqlstate = NULL
-            WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
-        EXCEPTION WHEN OTHERS OR query_canceled THEN
-            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
-                                    err_detail = PG_EXCEPTION_DETAIL;
-            IF err_detail <> '' THEN
-                err_msg := err_msg || E'\n' || err_detail;
-            END IF;
-            IF tenancy._is_transient(err_state) AND it.attempts < b.retry_attempts THEN
-                UPDATE tenancy.batch_items
-                SET attempts = attempts + 1, last_error = err_msg, last_sqlstate = err_state,
-                    started_at = coalesce(started_at, t0),
-                    next_attempt_at = clock_timestamp()
-                        + tenancy._retry_backoff_ms(it.attempts + 1, extract(epoch FROM b.retry_delay) * 1000, random())
-                          * interval '1 millisecond'
-                WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
-            ELSE
-                UPDATE tenancy.batch_items
-                SET status = 'failed', attempts = attempts + 1, last_error = err_msg,
-                    last_sqlstate = err_state, started_at = coalesce(started_at, t0),
-                    finished_at = clock_timestamp(),
-                    duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000
-                WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
-                IF NOT b.continue_on_error THEN
-                    PERFORM tenancy._stop_batch(b.id, 'failed');
-                END IF;
-            END IF;
-        END;
-        RETURN true;
+        RETURN;
     END LOOP;
-    RETURN false;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._record_results(batch uuid, results jsonb, stop_batch boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE tenancy.batch_items i
+    SET status = r.status,
+        attempts = i.attempts + CASE WHEN r.status = 'cancelled' THEN 0 ELSE 1 END,
+        tenant_id = coalesce(r.tenant_id, i.tenant_id),
+        schema_name = CASE WHEN r.status = 'succeeded'
+                           THEN (SELECT t.schema_name FROM tenancy.tenants t WHERE t.id = r.tenant_id)
+                           ELSE i.schema_name END,
+        last_error = r.error, last_sqlstate = r.sqlstate,
+        started_at = coalesce(i.started_at, clock_timestamp() - r.started_ago_ms * interval '1 millisecond'),
+        finished_at = CASE WHEN r.status <> 'queued' THEN clock_timestamp() ELSE i.finished_at END,
+        duration_ms = coalesce(r.duration_ms, i.duration_ms),
+        next_attempt_at = CASE WHEN r.status = 'queued'
+                               THEN clock_timestamp() + r.retry_in_ms * interval '1 millisecond'
+                               ELSE i.next_attempt_at END
+    FROM jsonb_to_recordset(results) AS r(ordinal integer, status text, tenant_id uuid, error text,
+                                          sqlstate text, started_ago_ms double precision,
+                                          duration_ms double precision, retry_in_ms double precision)
+    WHERE i.batch_id = batch AND i.ordinal = r.ordinal;
+    IF stop_batch THEN
+        PERFORM tenancy._stop_batch(batch, 'failed');
+    END IF;
 END
 $$;
 
@@ -287,6 +277,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     done integer := 0;
+    n integer;
     -- one transaction holds the locks of every tenant it makes: keep it bounded
     cap integer := least(coalesce(max_items, 100), 1000);
 BEGIN
@@ -294,8 +285,11 @@ BEGIN
         RAISE EXCEPTION 'max_items must be at least 1, not %', max_items
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    WHILE done < cap AND tenancy._process_next() LOOP
-        done := done + 1;
+    LOOP
+        n := tenancy._process_next(cap - done);
+        EXIT WHEN n = 0;
+        done := done + n;
+        EXIT WHEN done >= cap;
     END LOOP;
     PERFORM tenancy._finalize_batches();
     -- one chunk of a dropped tenant's schema, as the worker would
@@ -1699,7 +1693,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION tenancy.run_queue_unit() RETURNS boolean
 LANGUAGE sql
-RETURN tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work();
+RETURN tenancy._process_next(1) > 0 OR tenancy._pool_work() OR tenancy._trash_work();
 
 CREATE OR REPLACE FUNCTION tenancy.run_due_jobs_pending() RETURNS boolean
 LANGUAGE sql STABLE

@@ -15,6 +15,14 @@ pub fn sqlstate(code: &str) -> PgSqlErrorCode {
     )
 }
 
+/// The five characters of an error code: the inverse of [`sqlstate`].
+pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
+    let n = code as i32;
+    (0..5)
+        .map(|i| (((n >> (6 * i)) & 0x3F) as u8 + b'0') as char)
+        .collect()
+}
+
 /// Raises a tenancy error as a PostgreSQL ERROR; never returns.
 #[track_caller]
 pub fn raise(e: TenancyError) -> ! {

@@ -10,6 +10,7 @@ mod catalog;
 mod error;
 mod guc_scope;
 mod gucs;
+mod queue;
 mod roles;
 mod schema_builder;
 mod worker;
@@ -20,12 +21,7 @@ extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!(
     "../sql/queue.sql",
     name = "queue",
-    requires = [
-        "bootstrap",
-        provision_internal,
-        is_transient_sql,
-        retry_backoff_ms
-    ]
+    requires = ["bootstrap", provision_internal, process_next]
 );
 extension_sql_file!(
     "../sql/pool.sql",

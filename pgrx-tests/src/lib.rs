@@ -151,22 +151,6 @@ mod tests {
     }
 
     #[pg_test]
-    fn queue_policy_functions() {
-        assert_eq!(
-            Spi::get_one::<bool>("SELECT tenancy._is_transient('40P01')"),
-            Ok(Some(true))
-        );
-        assert_eq!(
-            Spi::get_one::<bool>("SELECT tenancy._is_transient('23505')"),
-            Ok(Some(false))
-        );
-        assert_eq!(
-            Spi::get_one::<f64>("SELECT tenancy._retry_backoff_ms(3, 100, 0.5)"),
-            Ok(Some(400.0))
-        );
-    }
-
-    #[pg_test]
     fn pool_build_and_claim() {
         Spi::run("SELECT tenancy.set_pool_size('default', 1)").unwrap();
         Spi::run("SELECT tenancy._pool_work()").unwrap();

@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::json;
 use tenancy_core::batch::items_of;
-use tenancy_core::queue::{backoff_ms, is_transient, parse_batch_options};
+use tenancy_core::queue::parse_batch_options;
 use tenancy_core::TenancyError;
 
 #[pg_extern]
@@ -96,16 +96,17 @@ fn provision_batch(tenants: JsonB, options: default!(Option<JsonB>, "'{}'")) -> 
     batch
 }
 
-/// Whether an error is worth another attempt (see `tenancy_core::queue`).
-#[pg_extern(immutable, parallel_safe, name = "_is_transient")]
+// C symbols that released install scripts (sql/archive) still name: kept so
+// that an old version can be created and updated to this one, which has no
+// SQL for them (its queue runner calls tenancy_core::queue directly).
+#[pg_extern(sql = false)]
 fn is_transient_sql(sqlstate: &str) -> bool {
-    is_transient(sqlstate)
+    tenancy_core::queue::is_transient(sqlstate)
 }
 
-/// Backoff before the next attempt, in milliseconds.
-#[pg_extern(immutable, parallel_safe, name = "_retry_backoff_ms")]
+#[pg_extern(sql = false)]
 fn retry_backoff_ms(attempt: i32, base_ms: f64, unit: f64) -> f64 {
-    backoff_ms(attempt.max(0) as u32, base_ms, unit)
+    tenancy_core::queue::backoff_ms(attempt.max(0) as u32, base_ms, unit)
 }
 
 /// Wakes this database's worker when the transaction commits (CREATE

@@ -12,7 +12,7 @@ use serde_json::json;
 use tenancy_core::TenancyError;
 
 #[pg_extern(name = "_migrate_tenant")]
-fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
+pub fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
     let row = Spi::connect_mut(|c| {
         let mut rows = c.update(
             "SELECT slug, schema_name::text, template, template_version, status::text \

@@ -2,9 +2,9 @@
 
 mod batches;
 mod health;
-mod migrate;
+pub mod migrate;
 pub mod pool;
-mod provision;
+pub mod provision;
 pub mod rls;
 mod templates;
 pub mod validate;

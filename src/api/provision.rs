@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::json;
 use std::time::Instant;
-use tenancy_core::options::{parse_provision_options, Isolation};
+use tenancy_core::options::{parse_provision_options, Isolation, ProvisionOptions};
 use tenancy_core::slug::validate_slug;
 use tenancy_core::TenancyError;
 
@@ -19,10 +19,20 @@ fn provision_internal(
     template: Option<&str>,
     options: Option<JsonB>,
 ) -> Uuid {
-    let started = Instant::now();
     let slug = validate_slug(slug).or_raise();
     let options = parse_provision_options(options.as_ref().map(|j| &j.0)).or_raise();
-    let template_name = template.unwrap_or("default");
+    provision_tenant(slug, name, template.unwrap_or("default"), &options)
+}
+
+/// Makes one tenant: what `_provision` does once it has read its arguments,
+/// and what the queue runner (src/queue.rs) calls with an item's parsed spec.
+pub fn provision_tenant(
+    slug: &str,
+    name: Option<&str>,
+    template_name: &str,
+    options: &ProvisionOptions,
+) -> Uuid {
+    let started = Instant::now();
     let template = catalog::latest_template(template_name);
     let timescale_schema = check_prerequisites(&template);
     let schema = template.spec.schema_name(slug);
@@ -46,10 +56,10 @@ fn provision_internal(
         template: &template,
         schema_name: (!shared).then_some(schema.as_str()),
         role_name: role,
-        options: &options,
+        options,
     });
     let Some(id) = inserted else {
-        return existing_or_conflict(slug, &template.name, &options, &schema);
+        return existing_or_conflict(slug, &template.name, options, &schema);
     };
 
     // a shared tenant's role gets the shared tables; a schema tenant's, its

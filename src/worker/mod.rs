@@ -122,17 +122,26 @@ pub fn session_settings() {
     }
 }
 
-/// One unit of queued work in a transaction of its own: a batch item first,
-/// then a warm-pool schema, then a chunk of a dropped tenant's schema.
+/// One unit of queued work in a transaction of its own: a claim of batch
+/// items first (src/queue.rs), then a warm-pool schema, then a chunk of a
+/// dropped tenant's schema.
 /// False when there was nothing to do (or the transaction failed).
 pub fn do_queued_work(what: &str) -> bool {
     try_transaction(what, || {
-        Spi::get_one::<bool>(
-            "SELECT tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work()",
+        // a database not yet updated from a version before 0.4.0 has the
+        // PL/pgSQL runner, one item per call: served as it is until then
+        let runner = Spi::get_one::<bool>(
+            "SELECT pg_catalog.to_regprocedure('tenancy._process_next(integer)') IS NOT NULL",
         )
         .ok()
         .flatten()
-        .unwrap_or(false)
+        .unwrap_or(false);
+        let sql = if runner {
+            "SELECT tenancy._process_next(NULL) > 0 OR tenancy._pool_work() OR tenancy._trash_work()"
+        } else {
+            "SELECT tenancy._process_next() OR tenancy._pool_work() OR tenancy._trash_work()"
+        };
+        Spi::get_one::<bool>(sql).ok().flatten().unwrap_or(false)
     })
     .unwrap_or(false)
 }
