@@ -48,6 +48,11 @@ def partman_db(db, fresh_db):
             # its worker runs maintenance in this database, every second
             pg.execute("ALTER SYSTEM SET pg_partman_bgw.dbname = %s" % sql.quote(fresh_db))
             pg.execute("ALTER SYSTEM SET pg_partman_bgw.interval = 1")
+            # pg_partman 5.5 runs as the role pg_partman_bgw.role names
+            # (partman_maintainer unless set), which a test cluster lacks
+            has_role = pg.execute("SELECT current_setting('pg_partman_bgw.role', true) IS NOT NULL").fetchone()[0]
+            if has_role:
+                pg.execute("ALTER SYSTEM SET pg_partman_bgw.role = 'postgres'")
             pg.execute("SELECT pg_reload_conf()")
         try:
             yield db
@@ -57,6 +62,8 @@ def partman_db(db, fresh_db):
             else:
                 pg.execute("ALTER SYSTEM RESET pg_partman_bgw.dbname")
                 pg.execute("ALTER SYSTEM RESET pg_partman_bgw.interval")
+                if has_role:
+                    pg.execute("ALTER SYSTEM RESET pg_partman_bgw.role")
                 pg.execute("SELECT pg_reload_conf()")
 
 

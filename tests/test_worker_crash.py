@@ -115,7 +115,9 @@ def test_fewer_workers_when_slots_run_out(fresh_db):
     # pg_cron's, TimescaleDB's, the logical replication launcher)
     background = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type NOT IN "
                   "('client backend', 'checkpointer', 'background writer', 'walwriter', 'startup', "
-                  "'archiver', 'autovacuum launcher', 'autovacuum worker', 'walsender', 'walreceiver')")
+                  "'archiver', 'autovacuum launcher', 'autovacuum worker', 'walsender', 'walreceiver', "
+                  # PostgreSQL 18's I/O workers hold no max_worker_processes slot
+                  "'io worker')")
     with connect(fresh_db, autocommit=True) as c:
         wait_for(lambda: c.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenancy scheduler' "
                                    "AND datname = current_database()").fetchone()[0] == 1, what="the scheduler")
