@@ -1,31 +1,5 @@
 -- SQL-language parts of the API, loaded after the Rust functions exist.
 
--- Creates or extends the month partitions of a range-partitioned table:
--- the current period and `premake` ahead. Returns how many it made.
-CREATE FUNCTION tenancy._premake_partitions(p_schema name, p_table name, p_unit text, p_premake integer)
-RETURNS integer
-LANGUAGE plpgsql
-SET search_path = pg_catalog
-AS $$
-DECLARE
-    step interval := ('1 ' || p_unit)::interval;
-    lo timestamp;
-    part name;
-    made integer := 0;
-BEGIN
-    FOR i IN 0..p_premake LOOP
-        lo := date_trunc(p_unit, localtimestamp) + i * step;
-        part := p_table || '_p' || to_char(lo, 'YYYYMMDD');
-        IF to_regclass(format('%I.%I', p_schema, part)) IS NULL THEN
-            EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
-                           p_schema, part, p_schema, p_table, lo, lo + step);
-            made := made + 1;
-        END IF;
-    END LOOP;
-    RETURN made;
-END
-$$;
-
 CREATE FUNCTION tenancy.provision(
     slug text,
     name text DEFAULT NULL,
@@ -97,8 +71,7 @@ BEGIN
     -- what the owner role runs inside tenant schemas: SECURITY INVOKER
     -- helpers that give it nothing it does not have already
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy._maintain_partitions(regclass, text, integer, interval), '
-                   'tenancy._copy_partition_indexes(regclass, regclass), '
-                   'tenancy._premake_partitions(name, name, text, integer) TO %I', owner);
+                   'tenancy._copy_partition_indexes(regclass, regclass) TO %I', owner);
     -- what tenants' own sessions need: the context and the policies' functions
     GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
     GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.admin_role(),
@@ -115,8 +88,8 @@ BEGIN
         SELECT p.oid::regprocedure AS f FROM pg_proc p
         WHERE p.pronamespace = 'tenancy'::regnamespace AND p.prokind = 'f'
           AND p.proname NOT IN ('current_tenant_id', 'set_tenant', 'admin_role', '_maintain_partitions',
-                                '_copy_partition_indexes', '_premake_partitions', '_save_catalog', '_caller',
-                                '_is_own_role', '_uuid_or_null', '_apply_privileges')
+                                '_copy_partition_indexes', '_save_catalog', '_caller',
+                                '_is_own_role', '_apply_privileges')
           AND NOT p.prosecdef
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', r.f);

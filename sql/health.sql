@@ -42,24 +42,19 @@ DECLARE
     users_now bigint;
     hypertables jsonb;
     chunk_bytes bigint := 0;
-    score integer := 100;
-    reasons text[] := '{}';
 BEGIN
     IF tenant IS NULL THEN
         RETURN tenancy.health();  -- DESIGN's health(tenant DEFAULT NULL)
     END IF;
-    SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant;
-    IF NOT FOUND THEN
-        SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._uuid_or_null(tenant);
-    END IF;
+    SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._tenant_id(tenant);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
     END IF;
     schema_now := CASE WHEN t.status = 'archived' THEN tenancy._archive_name(t) ELSE t.schema_name END;
 
     IF t.status = 'dropped' THEN
-        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'score', 0,
-                                  'reasons', jsonb_build_array('the tenant was dropped at ' || t.dropped_at));
+        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status)
+               || tenancy._tenant_score(jsonb_build_object('status', t.status, 'dropped_at', t.dropped_at::text));
     END IF;
     IF t.isolation = 'shared' THEN
         -- a shared tenant is its rows in the shared tables
@@ -75,21 +70,18 @@ BEGIN
                 per_table := per_table || jsonb_build_object(r.relname, n);
                 row_estimate := row_estimate + n;
             END LOOP;
-            IF t.status <> 'active' THEN
-                score := score - 40;
-                reasons := reasons || format('the tenant is %s', t.status);
-            END IF;
             RETURN jsonb_build_object(
                 'tenant', t.slug, 'status', t.status, 'isolation', 'shared', 'template', t.template,
                 'template_version', t.template_version, 'shared_schema', schema_now,
-                'rows', per_table, 'row_count', row_estimate, 'score', greatest(score, 0),
-                'reasons', to_jsonb(reasons));
+                'rows', per_table, 'row_count', row_estimate)
+                || tenancy._tenant_score(jsonb_build_object('status', t.status, 'template', t.template,
+                                                            'template_version', t.template_version));
         END;
     END IF;
     IF t.isolation = 'schema' AND to_regnamespace(quote_ident(schema_now)) IS NULL THEN
         RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'schema', schema_now,
-                                  'schema_present', false, 'score', 0,
-                                  'reasons', jsonb_build_array(format('schema %s is missing', schema_now)));
+                                  'schema_present', false)
+               || tenancy._tenant_score(jsonb_build_object('status', t.status, 'schema_missing', schema_now));
     END IF;
 
     -- the objects of a fresh schema of the tenant's template version, built
@@ -131,36 +123,10 @@ BEGIN
     SELECT count(*) INTO conns FROM pg_stat_activity a
     WHERE a.datname = current_database() AND a.usename = t.role_name;
 
-    IF t.status <> 'active' THEN
-        score := score - 40;
-        reasons := reasons || format('the tenant is %s', t.status);
-    END IF;
-    IF reference_error IS NOT NULL THEN
-        score := score - 10;
-        reasons := reasons || format('its template version could not be built to compare: %s', reference_error);
-    END IF;
-    IF missing IS NOT NULL THEN
-        score := score - least(50, 10 * cardinality(missing));
-        reasons := reasons || format('%s object(s) of template %s version %s missing', cardinality(missing),
-                                     t.template, t.template_version);
-    END IF;
-    IF extra IS NOT NULL THEN
-        score := score - least(10, 2 * cardinality(extra));
-        reasons := reasons || format('%s object(s) not in the template', cardinality(extra));
-    END IF;
     -- a plain table only: a view (or anything else) could run a function as the caller
     IF t.max_users IS NOT NULL AND EXISTS (SELECT 1 FROM pg_class c
             WHERE c.oid = to_regclass(format('%I.users', schema_now)) AND c.relkind IN ('r', 'p')) THEN
         EXECUTE format('SELECT count(*) FROM %I.users', schema_now) INTO users_now;
-        IF users_now > t.max_users THEN
-            score := score - 20;
-            reasons := reasons || format('%s users, over its quota of %s', users_now, t.max_users);
-        END IF;
-    END IF;
-    IF t.max_storage_bytes IS NOT NULL AND size_bytes > t.max_storage_bytes THEN
-        score := score - 20;
-        reasons := reasons || format('storage %s is over its quota of %s', pg_size_pretty(size_bytes),
-                                     pg_size_pretty(t.max_storage_bytes));
     END IF;
     RETURN jsonb_build_object(
         'tenant', t.slug, 'status', t.status, 'template', t.template,
@@ -168,8 +134,13 @@ BEGIN
         'missing', coalesce(to_jsonb(missing), '[]'), 'extra', coalesce(to_jsonb(extra), '[]'),
         'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns, 'users', users_now,
         'hypertables', hypertables,
-        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
-        'score', greatest(score, 0), 'reasons', to_jsonb(reasons));
+        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes)
+        || tenancy._tenant_score(jsonb_build_object(
+               'status', t.status, 'template', t.template, 'template_version', t.template_version,
+               'reference_error', reference_error, 'missing', coalesce(cardinality(missing), 0),
+               'extra', coalesce(cardinality(extra), 0), 'users', users_now, 'max_users', t.max_users,
+               'size_bytes', size_bytes, 'max_storage_bytes', t.max_storage_bytes,
+               'size_pretty', pg_size_pretty(size_bytes), 'max_storage_pretty', pg_size_pretty(t.max_storage_bytes)));
 END
 $$;
 

@@ -1,13 +1,6 @@
 -- Tenant lifecycle: roles, suspend/resume, drop/archive, bulk updates,
 -- migrations to newer template versions. Every operation writes an audit row.
 
--- A tenant argument that is an id: the uuid in its canonical text form, or
--- NULL (a slug never has a hyphen, so it is never taken for one).
-CREATE FUNCTION tenancy._uuid_or_null(tenant text) RETURNS uuid
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN tenant ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-            THEN tenant::uuid END;
-
 -- The tenant a slug or id names, locked for the rest of the transaction; 42704 if none.
 CREATE FUNCTION tenancy._tenant_for_update(tenant text) RETURNS tenancy.tenants
 LANGUAGE plpgsql
@@ -16,10 +9,7 @@ AS $$
 DECLARE
     t tenancy.tenants;
 BEGIN
-    SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant FOR UPDATE;
-    IF NOT FOUND THEN
-        SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._uuid_or_null(tenant) FOR UPDATE;
-    END IF;
+    SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._tenant_id(tenant) FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
     END IF;
@@ -54,13 +44,24 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 RETURN format('tenancy_%s_%s', kind, (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))::name;
 
-CREATE FUNCTION tenancy._audit(action text, t tenancy.tenants, details jsonb) RETURNS void
+-- The one writer of the audit log (Rust's catalog::audit calls it too): in
+-- the caller's transaction, so an entry commits or rolls back with what it
+-- describes.
+CREATE FUNCTION tenancy._audit_write(action text, tenant_id uuid, tenant_slug text, details jsonb,
+                                     duration_ms double precision DEFAULT NULL,
+                                     result text DEFAULT 'ok', error text DEFAULT NULL) RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details)
-    VALUES (action, t.id, t.slug, details);
+    INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details, duration_ms, result, error)
+    VALUES (action, tenant_id, tenant_slug, coalesce(details, '{}'), duration_ms, result, error);
 $$;
+
+-- An operation on one tenant, in the audit log.
+CREATE FUNCTION tenancy._audit(action text, t tenancy.tenants, details jsonb) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT tenancy._audit_write(action, t.id, t.slug, details) $$;
 
 -- The privileges a tenant's role has on its schema's objects (not on the
 -- schema itself: USAGE is what suspend takes away and resume gives back):
@@ -207,7 +208,7 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN t.isolation = 'shared'
-                THEN coalesce(tp.spec->>'shared_schema', 'shared_' || t.template)::name
+                THEN tenancy._shared_schema_name(t.template, tp.spec)::name
                 ELSE t.schema_name END
     FROM tenancy.templates tp WHERE tp.name = t.template AND tp.version = t.template_version
 $$;
@@ -353,11 +354,7 @@ BEGIN
                         array_to_string(bad, ', ')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Allowed: ' || array_to_string(allowed, ', ');
     END IF;
-    IF options IS NOT NULL AND options <> '{}' AND EXISTS (
-            SELECT 1 FROM jsonb_object_keys(options) k WHERE k <> 'max_concurrent') THEN
-        RAISE EXCEPTION 'unknown option in bulk_update (allowed: max_concurrent)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM tenancy._check_migration_options(options);
     IF changes ? 'status' AND changes->>'status' NOT IN ('active', 'suspended') THEN
         RAISE EXCEPTION 'status can be changed to active or suspended, not %', changes->'status'
             USING ERRCODE = 'invalid_parameter_value',
@@ -385,7 +382,7 @@ BEGIN
                             array_to_string(bad, ', ') USING ERRCODE = 'invalid_parameter_value';
         END IF;
         batch := tenancy._queue_migrations(bad[1], bulk_update.tenants, (changes->>'template_version')::integer,
-                                           coalesce((options->>'max_concurrent')::integer, 2), true);
+                                           options, true);
         SELECT count(*) INTO n FROM tenancy.batch_items WHERE batch_id = batch;
         RAISE NOTICE 'migration batch %: % tenants queued', batch, n;
         RETURN n;
@@ -438,57 +435,6 @@ AS $$
     WHERE v <> 'null'::jsonb
 $$;
 
--- Queues one migrate item per tenant below the target version. With
--- refuse_newer, a listed tenant already past the target is an error.
-CREATE FUNCTION tenancy._queue_migrations(template text, slugs text[], to_version integer,
-                                          max_concurrent integer, refuse_newer boolean)
-RETURNS uuid
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    newer text[];
-    batch uuid;
-    n integer;
-BEGIN
-    IF to_version IS NULL OR NOT EXISTS (
-            SELECT 1 FROM tenancy.templates t WHERE t.name = _queue_migrations.template AND t.version = to_version) THEN
-        RAISE EXCEPTION 'template "%" has no version %', template, to_version
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT array_agg(t.slug ORDER BY t.slug) INTO newer FROM tenancy.tenants t
-    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version > to_version;
-    IF refuse_newer AND newer IS NOT NULL THEN
-        RAISE EXCEPTION 'version % of template "%" is older than that of tenant%: %', to_version, template,
-                        CASE WHEN cardinality(newer) > 1 THEN 's' ELSE '' END, array_to_string(newer, ', ')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF max_concurrent IS NULL OR max_concurrent NOT BETWEEN 1 AND 20 THEN
-        RAISE EXCEPTION 'max_concurrent must be from 1 to 20' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT count(*) INTO n FROM tenancy.tenants t
-    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version < to_version;
-    INSERT INTO tenancy.batches (kind, total, max_concurrent, retry_attempts, retry_delay, options, status,
-                                 started_at, finished_at)
-    VALUES ('migrate', n, max_concurrent, current_setting('tenancy.retry_attempts')::integer,
-            current_setting('tenancy.retry_delay')::interval,
-            jsonb_build_object('template', template, 'to_version', to_version, 'max_concurrent', max_concurrent),
-            CASE WHEN n = 0 THEN 'completed' ELSE 'queued' END::tenancy.batch_state,
-            CASE WHEN n = 0 THEN now() END, CASE WHEN n = 0 THEN now() END)
-    RETURNING id INTO batch;
-    INSERT INTO tenancy.batch_items (batch_id, ordinal, slug, spec)
-    SELECT batch, row_number() OVER (ORDER BY t.slug), t.slug,
-           jsonb_build_object('tenant_id', t.id, 'to_version', to_version)
-    FROM tenancy.tenants t
-    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version < to_version;
-    INSERT INTO tenancy.audit_log (action, details)
-    VALUES ('migrate', jsonb_build_object('batch', batch, 'template', template, 'to_version', to_version,
-                                          'tenants', n));
-    PERFORM tenancy._wake_worker();
-    RETURN batch;
-END
-$$;
-
 -- Every tenant on a template to a version, through the worker. Tenants
 -- already there are skipped: run it again after fixing a failure.
 CREATE FUNCTION tenancy.migrate(template text, to_version integer, options jsonb DEFAULT '{}') RETURNS uuid
@@ -507,8 +453,7 @@ BEGIN
     END IF;
     SELECT array_agg(t.slug) INTO slugs FROM tenancy.tenants t
     WHERE t.template = migrate.template AND t.status <> 'dropped' AND t.isolation = 'schema';
-    RETURN tenancy._queue_migrations(template, coalesce(slugs, '{}'), to_version,
-                                     coalesce((options->>'max_concurrent')::integer, 2), false);
+    RETURN tenancy._queue_migrations(template, coalesce(slugs, '{}'), to_version, options, false);
 END
 $$;
 

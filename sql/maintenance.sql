@@ -150,16 +150,20 @@ DECLARE
     t record;
 BEGIN
     FOR t IN
-        SELECT tn.slug, tn.schema_name, pt->>'name' AS tbl, pt->>'interval' AS unit,
-               coalesce((pt->>'premake')::int, 3) AS premake, (pt->>'retention')::interval AS retention
+        -- each template version's partitioned tables as the template parser
+        -- reads them (unit and premake default: tenancy_core::template)
+        WITH pt AS MATERIALIZED (
+            SELECT tp.name AS template, tp.version, p.*
+            FROM tenancy.templates tp
+            CROSS JOIN LATERAL tenancy._partitioned_tables(tp.name, tp.spec) p
+            WHERE jsonb_array_length(coalesce(tp.spec->'partitioned_tables', '[]')) > 0)
+        SELECT tn.slug, tn.schema_name, pt.table_name AS tbl, pt.unit, pt.premake,
+               pt.retention::interval AS retention
         FROM (SELECT * FROM tenancy.tenants x
               WHERE x.status IN ('active', 'suspended') AND x.isolation = 'schema' AND x.slug > after
-                AND EXISTS (SELECT 1 FROM tenancy.templates y
-                            WHERE y.name = x.template AND y.version = x.template_version
-                              AND jsonb_array_length(coalesce(y.spec->'partitioned_tables', '[]')) > 0)
+                AND EXISTS (SELECT 1 FROM pt WHERE pt.template = x.template AND pt.version = x.template_version)
               ORDER BY x.slug LIMIT max_tenants) tn
-        JOIN tenancy.templates tp ON tp.name = tn.template AND tp.version = tn.template_version
-        CROSS JOIN LATERAL jsonb_array_elements(tp.spec->'partitioned_tables') pt
+        JOIN pt ON pt.template = tn.template AND pt.version = tn.template_version
         ORDER BY tn.slug
     LOOP
         tenants := tenants + (last IS DISTINCT FROM t.slug)::int;
@@ -168,10 +172,7 @@ BEGIN
         -- as the owner role: moving rows out of the default partition
         -- fires the template's triggers, defaults and index expressions
         r := tenancy._as_owner(format('SELECT tenancy._maintain_partitions(%L::regclass, %L, %s, %L)',
-                                      format('%I.%I', t.schema_name, t.tbl),
-                                      CASE t.unit WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week'
-                                                  WHEN 'monthly' THEN 'month' WHEN 'yearly' THEN 'year'
-                                                  ELSE split_part(t.unit, ' ', -1) END,
+                                      format('%I.%I', t.schema_name, t.tbl), t.unit,
                                       t.premake, t.retention), NULL);
         created := created + (r->>'created')::int;
         dropped := dropped + (r->>'dropped')::int;
@@ -319,7 +320,7 @@ END
 $$;
 
 -- Runs the jobs that are due, each on its own: a failing job is recorded and
--- backed off (its interval times 2^failures, at most 16x) and the others run.
+-- backed off (tenancy_core::queue::job_backoff_ms) and the others run.
 CREATE FUNCTION tenancy._run_due_jobs() RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -353,10 +354,12 @@ BEGIN
             SET last_started_at = t0, last_finished_at = clock_timestamp(),
                 last_duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
                 last_error = err, failures = failures + 1,
-                next_run_at = clock_timestamp() + run_every * least(power(2, failures + 1), 16)
+                next_run_at = clock_timestamp() + interval '1 millisecond' *
+                              tenancy._job_backoff_ms(failures + 1, extract(epoch FROM run_every) * 1000)
             WHERE name = j.name;
-            INSERT INTO tenancy.audit_log (action, result, error, details)
-            VALUES ('job', 'error', err, jsonb_build_object('job', j.name, 'failures', j.failures + 1));
+            PERFORM tenancy._audit_write('job', NULL, NULL,
+                                         jsonb_build_object('job', j.name, 'failures', j.failures + 1),
+                                         result => 'error', error => err);
         END;
         n := n + 1;
     END LOOP;

@@ -15,8 +15,8 @@ BEGIN
     END IF;
     INSERT INTO tenancy.pool_settings AS p (template, size) VALUES (set_pool_size.template, set_pool_size.size)
     ON CONFLICT (template) DO UPDATE SET size = excluded.size, updated_at = now();
-    INSERT INTO tenancy.audit_log (action, details)
-    VALUES ('set_pool_size', jsonb_build_object('template', set_pool_size.template, 'size', set_pool_size.size));
+    PERFORM tenancy._audit_write('set_pool_size', NULL, NULL,
+                                 jsonb_build_object('template', set_pool_size.template, 'size', set_pool_size.size));
     PERFORM tenancy._wake_worker();
     RETURN set_pool_size.size;
 END

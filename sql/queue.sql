@@ -185,9 +185,8 @@ BEGIN
         DELETE FROM tenancy.tenants WHERE id = it.tenant_id;
         UPDATE tenancy.batch_items SET status = 'rolled_back'
         WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
-        INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details)
-        VALUES ('rollback_batch_tenant', it.tenant_id, it.slug,
-                jsonb_build_object('batch', it.batch_id, 'schema', it.schema_name));
+        PERFORM tenancy._audit_write('rollback_batch_tenant', it.tenant_id, it.slug,
+                                     jsonb_build_object('batch', it.batch_id, 'schema', it.schema_name));
         touched := touched + 1;
     END LOOP;
 
@@ -346,8 +345,8 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = format('batch %s', batch);
     END IF;
     n := tenancy._stop_batch(batch, 'cancelled');
-    INSERT INTO tenancy.audit_log (action, details)
-    VALUES ('cancel_batch', jsonb_build_object('batch', batch, 'cancelled_items', n));
+    PERFORM tenancy._audit_write('cancel_batch', NULL, NULL,
+                                 jsonb_build_object('batch', batch, 'cancelled_items', n));
     RETURN n;
 END
 $$;

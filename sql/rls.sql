@@ -54,8 +54,8 @@ BEGIN
             EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', seq, tenancy._db_role('shared'));
         END IF;
     END LOOP;
-    INSERT INTO tenancy.audit_log (action, details)
-    VALUES ('enable_rls', jsonb_build_object('table', tbl::text, 'tenant_column', tenant_column));
+    PERFORM tenancy._audit_write('enable_rls', NULL, NULL,
+                                 jsonb_build_object('table', tbl::text, 'tenant_column', tenant_column));
 END
 $$;
 

@@ -16,6 +16,14 @@ DROP FUNCTION tenancy._process_next();
 DROP FUNCTION tenancy._is_transient(text);
 DROP FUNCTION tenancy._retry_backoff_ms(integer, double precision, double precision);
 
+-- One home for each rule: the partitions a new tenant gets are made by the
+-- maintenance function; a tenant argument is looked up by the library
+-- (tenancy._tenant_id); migrations are queued by the library, which reads
+-- their options as provision_batch does.
+DROP FUNCTION tenancy._premake_partitions(name, name, text, integer);
+DROP FUNCTION tenancy._uuid_or_null(text);
+DROP FUNCTION tenancy._queue_migrations(text, text[], integer, integer, boolean);
+
 -- Every function and view, as in a fresh install (written by
 -- scripts/upgrade-functions from the generated install script).
 -- <functions>
@@ -41,6 +49,21 @@ STRICT STABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'caller_wrapper';
 
+CREATE OR REPLACE FUNCTION "_check_migration_options"(
+	"options" jsonb /* Option < JsonB > */
+) RETURNS void
+IMMUTABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_migration_options_wrapper';
+
+CREATE OR REPLACE FUNCTION "_job_backoff_ms"(
+	"failures" INT, /* i32 */
+	"every_ms" double precision /* f64 */
+) RETURNS double precision /* f64 */
+IMMUTABLE STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'job_backoff_ms_wrapper';
+
 CREATE OR REPLACE FUNCTION "_load_shipped_templates"() RETURNS INT /* i32 */
 STRICT 
 LANGUAGE c /* Rust */
@@ -53,6 +76,19 @@ CREATE OR REPLACE FUNCTION "_migrate_tenant"(
 STRICT 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'migrate_tenant_wrapper';
+
+CREATE OR REPLACE FUNCTION "_partitioned_tables"(
+	"template" TEXT, /* & str */
+	"spec" jsonb /* JsonB */
+) RETURNS TABLE (
+	"table_name" TEXT,  /* String */
+	"unit" TEXT,  /* String */
+	"premake" INT,  /* i32 */
+	"retention" TEXT  /* Option < String > */
+)
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'partitioned_tables_wrapper';
 
 CREATE OR REPLACE FUNCTION "_pool_build"(
 	"template" TEXT /* & str */
@@ -241,9 +277,8 @@ BEGIN
         DELETE FROM tenancy.tenants WHERE id = it.tenant_id;
         UPDATE tenancy.batch_items SET status = 'rolled_back'
         WHERE batch_id = it.batch_id AND ordinal = it.ordinal;
-        INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details)
-        VALUES ('rollback_batch_tenant', it.tenant_id, it.slug,
-                jsonb_build_object('batch', it.batch_id, 'schema', it.schema_name));
+        PERFORM tenancy._audit_write('rollback_batch_tenant', it.tenant_id, it.slug,
+                                     jsonb_build_object('batch', it.batch_id, 'schema', it.schema_name));
         touched := touched + 1;
     END LOOP;
 
@@ -397,8 +432,8 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = format('batch %s', batch);
     END IF;
     n := tenancy._stop_batch(batch, 'cancelled');
-    INSERT INTO tenancy.audit_log (action, details)
-    VALUES ('cancel_batch', jsonb_build_object('batch', batch, 'cancelled_items', n));
+    PERFORM tenancy._audit_write('cancel_batch', NULL, NULL,
+                                 jsonb_build_object('batch', batch, 'cancelled_items', n));
     RETURN n;
 END
 $$;
@@ -429,6 +464,39 @@ JOIN tenancy.batch_items i ON i.batch_id = b.id
 WHERE b.status IN ('queued', 'in_progress')
 GROUP BY b.id;
 
+CREATE OR REPLACE FUNCTION "_queue_migrations"(
+	"template" TEXT, /* & str */
+	"slugs" TEXT[], /* Vec < Option < String > > */
+	"to_version" INT, /* Option < i32 > */
+	"options" jsonb, /* Option < JsonB > */
+	"refuse_newer" bool /* bool */
+) RETURNS uuid /* Uuid */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'queue_migrations_wrapper';
+
+CREATE OR REPLACE FUNCTION "_shared_schema_name"(
+	"template" TEXT, /* & str */
+	"spec" jsonb /* JsonB */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'shared_schema_name_wrapper';
+
+CREATE OR REPLACE FUNCTION "_tenant_id"(
+	"tenant" TEXT /* & str */
+) RETURNS uuid /* Option < Uuid > */
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_id_sql_wrapper';
+
+CREATE OR REPLACE FUNCTION "_tenant_score"(
+	"findings" jsonb /* JsonB */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_score_sql_wrapper';
+
 CREATE OR REPLACE FUNCTION "_tenants_changed"() RETURNS void
 STRICT 
 LANGUAGE c /* Rust */
@@ -454,8 +522,8 @@ BEGIN
     END IF;
     INSERT INTO tenancy.pool_settings AS p (template, size) VALUES (set_pool_size.template, set_pool_size.size)
     ON CONFLICT (template) DO UPDATE SET size = excluded.size, updated_at = now();
-    INSERT INTO tenancy.audit_log (action, details)
-    VALUES ('set_pool_size', jsonb_build_object('template', set_pool_size.template, 'size', set_pool_size.size));
+    PERFORM tenancy._audit_write('set_pool_size', NULL, NULL,
+                                 jsonb_build_object('template', set_pool_size.template, 'size', set_pool_size.size));
     PERFORM tenancy._wake_worker();
     RETURN set_pool_size.size;
 END
@@ -511,11 +579,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION tenancy._uuid_or_null(tenant text) RETURNS uuid
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN tenant ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-            THEN tenant::uuid END;
-
 CREATE OR REPLACE FUNCTION tenancy._tenant_for_update(tenant text) RETURNS tenancy.tenants
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -523,10 +586,7 @@ AS $$
 DECLARE
     t tenancy.tenants;
 BEGIN
-    SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant FOR UPDATE;
-    IF NOT FOUND THEN
-        SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._uuid_or_null(tenant) FOR UPDATE;
-    END IF;
+    SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._tenant_id(tenant) FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
     END IF;
@@ -556,13 +616,20 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 RETURN format('tenancy_%s_%s', kind, (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))::name;
 
-CREATE OR REPLACE FUNCTION tenancy._audit(action text, t tenancy.tenants, details jsonb) RETURNS void
+CREATE OR REPLACE FUNCTION tenancy._audit_write(action text, tenant_id uuid, tenant_slug text, details jsonb,
+                                     duration_ms double precision DEFAULT NULL,
+                                     result text DEFAULT 'ok', error text DEFAULT NULL) RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details)
-    VALUES (action, t.id, t.slug, details);
+    INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details, duration_ms, result, error)
+    VALUES (action, tenant_id, tenant_slug, coalesce(details, '{}'), duration_ms, result, error);
 $$;
+
+CREATE OR REPLACE FUNCTION tenancy._audit(action text, t tenancy.tenants, details jsonb) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT tenancy._audit_write(action, t.id, t.slug, details) $$;
 
 CREATE OR REPLACE FUNCTION tenancy._grant_tenant_objects(schema_name name, role_name name) RETURNS void
 LANGUAGE plpgsql
@@ -690,7 +757,7 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN t.isolation = 'shared'
-                THEN coalesce(tp.spec->>'shared_schema', 'shared_' || t.template)::name
+                THEN tenancy._shared_schema_name(t.template, tp.spec)::name
                 ELSE t.schema_name END
     FROM tenancy.templates tp WHERE tp.name = t.template AND tp.version = t.template_version
 $$;
@@ -832,11 +899,7 @@ BEGIN
                         array_to_string(bad, ', ')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Allowed: ' || array_to_string(allowed, ', ');
     END IF;
-    IF options IS NOT NULL AND options <> '{}' AND EXISTS (
-            SELECT 1 FROM jsonb_object_keys(options) k WHERE k <> 'max_concurrent') THEN
-        RAISE EXCEPTION 'unknown option in bulk_update (allowed: max_concurrent)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM tenancy._check_migration_options(options);
     IF changes ? 'status' AND changes->>'status' NOT IN ('active', 'suspended') THEN
         RAISE EXCEPTION 'status can be changed to active or suspended, not %', changes->'status'
             USING ERRCODE = 'invalid_parameter_value',
@@ -864,7 +927,7 @@ BEGIN
                             array_to_string(bad, ', ') USING ERRCODE = 'invalid_parameter_value';
         END IF;
         batch := tenancy._queue_migrations(bad[1], bulk_update.tenants, (changes->>'template_version')::integer,
-                                           coalesce((options->>'max_concurrent')::integer, 2), true);
+                                           options, true);
         SELECT count(*) INTO n FROM tenancy.batch_items WHERE batch_id = batch;
         RAISE NOTICE 'migration batch %: % tenants queued', batch, n;
         RETURN n;
@@ -916,55 +979,6 @@ AS $$
     WHERE v <> 'null'::jsonb
 $$;
 
-CREATE OR REPLACE FUNCTION tenancy._queue_migrations(template text, slugs text[], to_version integer,
-                                          max_concurrent integer, refuse_newer boolean)
-RETURNS uuid
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    newer text[];
-    batch uuid;
-    n integer;
-BEGIN
-    IF to_version IS NULL OR NOT EXISTS (
-            SELECT 1 FROM tenancy.templates t WHERE t.name = _queue_migrations.template AND t.version = to_version) THEN
-        RAISE EXCEPTION 'template "%" has no version %', template, to_version
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT array_agg(t.slug ORDER BY t.slug) INTO newer FROM tenancy.tenants t
-    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version > to_version;
-    IF refuse_newer AND newer IS NOT NULL THEN
-        RAISE EXCEPTION 'version % of template "%" is older than that of tenant%: %', to_version, template,
-                        CASE WHEN cardinality(newer) > 1 THEN 's' ELSE '' END, array_to_string(newer, ', ')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF max_concurrent IS NULL OR max_concurrent NOT BETWEEN 1 AND 20 THEN
-        RAISE EXCEPTION 'max_concurrent must be from 1 to 20' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT count(*) INTO n FROM tenancy.tenants t
-    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version < to_version;
-    INSERT INTO tenancy.batches (kind, total, max_concurrent, retry_attempts, retry_delay, options, status,
-                                 started_at, finished_at)
-    VALUES ('migrate', n, max_concurrent, current_setting('tenancy.retry_attempts')::integer,
-            current_setting('tenancy.retry_delay')::interval,
-            jsonb_build_object('template', template, 'to_version', to_version, 'max_concurrent', max_concurrent),
-            CASE WHEN n = 0 THEN 'completed' ELSE 'queued' END::tenancy.batch_state,
-            CASE WHEN n = 0 THEN now() END, CASE WHEN n = 0 THEN now() END)
-    RETURNING id INTO batch;
-    INSERT INTO tenancy.batch_items (batch_id, ordinal, slug, spec)
-    SELECT batch, row_number() OVER (ORDER BY t.slug), t.slug,
-           jsonb_build_object('tenant_id', t.id, 'to_version', to_version)
-    FROM tenancy.tenants t
-    WHERE t.slug = ANY (slugs) AND t.status <> 'dropped' AND t.template_version < to_version;
-    INSERT INTO tenancy.audit_log (action, details)
-    VALUES ('migrate', jsonb_build_object('batch', batch, 'template', template, 'to_version', to_version,
-                                          'tenants', n));
-    PERFORM tenancy._wake_worker();
-    RETURN batch;
-END
-$$;
-
 CREATE OR REPLACE FUNCTION tenancy.migrate(template text, to_version integer, options jsonb DEFAULT '{}') RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -981,8 +995,7 @@ BEGIN
     END IF;
     SELECT array_agg(t.slug) INTO slugs FROM tenancy.tenants t
     WHERE t.template = migrate.template AND t.status <> 'dropped' AND t.isolation = 'schema';
-    RETURN tenancy._queue_migrations(template, coalesce(slugs, '{}'), to_version,
-                                     coalesce((options->>'max_concurrent')::integer, 2), false);
+    RETURN tenancy._queue_migrations(template, coalesce(slugs, '{}'), to_version, options, false);
 END
 $$;
 
@@ -1036,24 +1049,19 @@ DECLARE
     users_now bigint;
     hypertables jsonb;
     chunk_bytes bigint := 0;
-    score integer := 100;
-    reasons text[] := '{}';
 BEGIN
     IF tenant IS NULL THEN
         RETURN tenancy.health();  -- DESIGN's health(tenant DEFAULT NULL)
     END IF;
-    SELECT * INTO t FROM tenancy.tenants WHERE slug = tenant;
-    IF NOT FOUND THEN
-        SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._uuid_or_null(tenant);
-    END IF;
+    SELECT * INTO t FROM tenancy.tenants WHERE id = tenancy._tenant_id(tenant);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'tenant "%" does not exist', tenant USING ERRCODE = 'undefined_object';
     END IF;
     schema_now := CASE WHEN t.status = 'archived' THEN tenancy._archive_name(t) ELSE t.schema_name END;
 
     IF t.status = 'dropped' THEN
-        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'score', 0,
-                                  'reasons', jsonb_build_array('the tenant was dropped at ' || t.dropped_at));
+        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status)
+               || tenancy._tenant_score(jsonb_build_object('status', t.status, 'dropped_at', t.dropped_at::text));
     END IF;
     IF t.isolation = 'shared' THEN
         -- a shared tenant is its rows in the shared tables
@@ -1069,21 +1077,18 @@ BEGIN
                 per_table := per_table || jsonb_build_object(r.relname, n);
                 row_estimate := row_estimate + n;
             END LOOP;
-            IF t.status <> 'active' THEN
-                score := score - 40;
-                reasons := reasons || format('the tenant is %s', t.status);
-            END IF;
             RETURN jsonb_build_object(
                 'tenant', t.slug, 'status', t.status, 'isolation', 'shared', 'template', t.template,
                 'template_version', t.template_version, 'shared_schema', schema_now,
-                'rows', per_table, 'row_count', row_estimate, 'score', greatest(score, 0),
-                'reasons', to_jsonb(reasons));
+                'rows', per_table, 'row_count', row_estimate)
+                || tenancy._tenant_score(jsonb_build_object('status', t.status, 'template', t.template,
+                                                            'template_version', t.template_version));
         END;
     END IF;
     IF t.isolation = 'schema' AND to_regnamespace(quote_ident(schema_now)) IS NULL THEN
         RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'schema', schema_now,
-                                  'schema_present', false, 'score', 0,
-                                  'reasons', jsonb_build_array(format('schema %s is missing', schema_now)));
+                                  'schema_present', false)
+               || tenancy._tenant_score(jsonb_build_object('status', t.status, 'schema_missing', schema_now));
     END IF;
 
     -- the objects of a fresh schema of the tenant's template version, built
@@ -1125,36 +1130,10 @@ BEGIN
     SELECT count(*) INTO conns FROM pg_stat_activity a
     WHERE a.datname = current_database() AND a.usename = t.role_name;
 
-    IF t.status <> 'active' THEN
-        score := score - 40;
-        reasons := reasons || format('the tenant is %s', t.status);
-    END IF;
-    IF reference_error IS NOT NULL THEN
-        score := score - 10;
-        reasons := reasons || format('its template version could not be built to compare: %s', reference_error);
-    END IF;
-    IF missing IS NOT NULL THEN
-        score := score - least(50, 10 * cardinality(missing));
-        reasons := reasons || format('%s object(s) of template %s version %s missing', cardinality(missing),
-                                     t.template, t.template_version);
-    END IF;
-    IF extra IS NOT NULL THEN
-        score := score - least(10, 2 * cardinality(extra));
-        reasons := reasons || format('%s object(s) not in the template', cardinality(extra));
-    END IF;
     -- a plain table only: a view (or anything else) could run a function as the caller
     IF t.max_users IS NOT NULL AND EXISTS (SELECT 1 FROM pg_class c
             WHERE c.oid = to_regclass(format('%I.users', schema_now)) AND c.relkind IN ('r', 'p')) THEN
         EXECUTE format('SELECT count(*) FROM %I.users', schema_now) INTO users_now;
-        IF users_now > t.max_users THEN
-            score := score - 20;
-            reasons := reasons || format('%s users, over its quota of %s', users_now, t.max_users);
-        END IF;
-    END IF;
-    IF t.max_storage_bytes IS NOT NULL AND size_bytes > t.max_storage_bytes THEN
-        score := score - 20;
-        reasons := reasons || format('storage %s is over its quota of %s', pg_size_pretty(size_bytes),
-                                     pg_size_pretty(t.max_storage_bytes));
     END IF;
     RETURN jsonb_build_object(
         'tenant', t.slug, 'status', t.status, 'template', t.template,
@@ -1162,8 +1141,13 @@ BEGIN
         'missing', coalesce(to_jsonb(missing), '[]'), 'extra', coalesce(to_jsonb(extra), '[]'),
         'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns, 'users', users_now,
         'hypertables', hypertables,
-        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
-        'score', greatest(score, 0), 'reasons', to_jsonb(reasons));
+        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes)
+        || tenancy._tenant_score(jsonb_build_object(
+               'status', t.status, 'template', t.template, 'template_version', t.template_version,
+               'reference_error', reference_error, 'missing', coalesce(cardinality(missing), 0),
+               'extra', coalesce(cardinality(extra), 0), 'users', users_now, 'max_users', t.max_users,
+               'size_bytes', size_bytes, 'max_storage_bytes', t.max_storage_bytes,
+               'size_pretty', pg_size_pretty(size_bytes), 'max_storage_pretty', pg_size_pretty(t.max_storage_bytes)));
 END
 $$;
 
@@ -1260,8 +1244,8 @@ BEGIN
             EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', seq, tenancy._db_role('shared'));
         END IF;
     END LOOP;
-    INSERT INTO tenancy.audit_log (action, details)
-    VALUES ('enable_rls', jsonb_build_object('table', tbl::text, 'tenant_column', tenant_column));
+    PERFORM tenancy._audit_write('enable_rls', NULL, NULL,
+                                 jsonb_build_object('table', tbl::text, 'tenant_column', tenant_column));
 END
 $$;
 
@@ -1469,16 +1453,20 @@ DECLARE
     t record;
 BEGIN
     FOR t IN
-        SELECT tn.slug, tn.schema_name, pt->>'name' AS tbl, pt->>'interval' AS unit,
-               coalesce((pt->>'premake')::int, 3) AS premake, (pt->>'retention')::interval AS retention
+        -- each template version's partitioned tables as the template parser
+        -- reads them (unit and premake default: tenancy_core::template)
+        WITH pt AS MATERIALIZED (
+            SELECT tp.name AS template, tp.version, p.*
+            FROM tenancy.templates tp
+            CROSS JOIN LATERAL tenancy._partitioned_tables(tp.name, tp.spec) p
+            WHERE jsonb_array_length(coalesce(tp.spec->'partitioned_tables', '[]')) > 0)
+        SELECT tn.slug, tn.schema_name, pt.table_name AS tbl, pt.unit, pt.premake,
+               pt.retention::interval AS retention
         FROM (SELECT * FROM tenancy.tenants x
               WHERE x.status IN ('active', 'suspended') AND x.isolation = 'schema' AND x.slug > after
-                AND EXISTS (SELECT 1 FROM tenancy.templates y
-                            WHERE y.name = x.template AND y.version = x.template_version
-                              AND jsonb_array_length(coalesce(y.spec->'partitioned_tables', '[]')) > 0)
+                AND EXISTS (SELECT 1 FROM pt WHERE pt.template = x.template AND pt.version = x.template_version)
               ORDER BY x.slug LIMIT max_tenants) tn
-        JOIN tenancy.templates tp ON tp.name = tn.template AND tp.version = tn.template_version
-        CROSS JOIN LATERAL jsonb_array_elements(tp.spec->'partitioned_tables') pt
+        JOIN pt ON pt.template = tn.template AND pt.version = tn.template_version
         ORDER BY tn.slug
     LOOP
         tenants := tenants + (last IS DISTINCT FROM t.slug)::int;
@@ -1487,10 +1475,7 @@ BEGIN
         -- as the owner role: moving rows out of the default partition
         -- fires the template's triggers, defaults and index expressions
         r := tenancy._as_owner(format('SELECT tenancy._maintain_partitions(%L::regclass, %L, %s, %L)',
-                                      format('%I.%I', t.schema_name, t.tbl),
-                                      CASE t.unit WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week'
-                                                  WHEN 'monthly' THEN 'month' WHEN 'yearly' THEN 'year'
-                                                  ELSE split_part(t.unit, ' ', -1) END,
+                                      format('%I.%I', t.schema_name, t.tbl), t.unit,
                                       t.premake, t.retention), NULL);
         created := created + (r->>'created')::int;
         dropped := dropped + (r->>'dropped')::int;
@@ -1655,10 +1640,12 @@ BEGIN
             SET last_started_at = t0, last_finished_at = clock_timestamp(),
                 last_duration_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
                 last_error = err, failures = failures + 1,
-                next_run_at = clock_timestamp() + run_every * least(power(2, failures + 1), 16)
+                next_run_at = clock_timestamp() + interval '1 millisecond' *
+                              tenancy._job_backoff_ms(failures + 1, extract(epoch FROM run_every) * 1000)
             WHERE name = j.name;
-            INSERT INTO tenancy.audit_log (action, result, error, details)
-            VALUES ('job', 'error', err, jsonb_build_object('job', j.name, 'failures', j.failures + 1));
+            PERFORM tenancy._audit_write('job', NULL, NULL,
+                                         jsonb_build_object('job', j.name, 'failures', j.failures + 1),
+                                         result => 'error', error => err);
         END;
         n := n + 1;
     END LOOP;
@@ -1989,30 +1976,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'validate_wrapper';
 
-CREATE OR REPLACE FUNCTION tenancy._premake_partitions(p_schema name, p_table name, p_unit text, p_premake integer)
-RETURNS integer
-LANGUAGE plpgsql
-SET search_path = pg_catalog
-AS $$
-DECLARE
-    step interval := ('1 ' || p_unit)::interval;
-    lo timestamp;
-    part name;
-    made integer := 0;
-BEGIN
-    FOR i IN 0..p_premake LOOP
-        lo := date_trunc(p_unit, localtimestamp) + i * step;
-        part := p_table || '_p' || to_char(lo, 'YYYYMMDD');
-        IF to_regclass(format('%I.%I', p_schema, part)) IS NULL THEN
-            EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
-                           p_schema, part, p_schema, p_table, lo, lo + step);
-            made := made + 1;
-        END IF;
-    END LOOP;
-    RETURN made;
-END
-$$;
-
 CREATE OR REPLACE FUNCTION tenancy.provision(
     slug text,
     name text DEFAULT NULL,
@@ -2076,8 +2039,7 @@ BEGIN
     -- what the owner role runs inside tenant schemas: SECURITY INVOKER
     -- helpers that give it nothing it does not have already
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy._maintain_partitions(regclass, text, integer, interval), '
-                   'tenancy._copy_partition_indexes(regclass, regclass), '
-                   'tenancy._premake_partitions(name, name, text, integer) TO %I', owner);
+                   'tenancy._copy_partition_indexes(regclass, regclass) TO %I', owner);
     -- what tenants' own sessions need: the context and the policies' functions
     GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
     GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.admin_role(),
@@ -2094,8 +2056,8 @@ BEGIN
         SELECT p.oid::regprocedure AS f FROM pg_proc p
         WHERE p.pronamespace = 'tenancy'::regnamespace AND p.prokind = 'f'
           AND p.proname NOT IN ('current_tenant_id', 'set_tenant', 'admin_role', '_maintain_partitions',
-                                '_copy_partition_indexes', '_premake_partitions', '_save_catalog', '_caller',
-                                '_is_own_role', '_uuid_or_null', '_apply_privileges')
+                                '_copy_partition_indexes', '_save_catalog', '_caller',
+                                '_is_own_role', '_apply_privileges')
           AND NOT p.prosecdef
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', r.f);

@@ -52,6 +52,28 @@ pub fn template_version(name: &str, version: Option<i32>) -> Template {
     }
 }
 
+/// The tenant a slug or an id names, a slug first (a slug never has a
+/// hyphen, so it is never taken for an id): the one look-up of a tenant
+/// argument. SQL calls it as `tenancy._tenant_id(text)`.
+pub fn tenant_id_of(tenant: &str) -> Option<Uuid> {
+    one_or_none(Spi::get_one_with_args::<Uuid>(
+        "SELECT t.id FROM tenancy.tenants t \
+         WHERE t.slug OPERATOR(pg_catalog.=) $1 OR t.id OPERATOR(pg_catalog.=) $2 \
+         ORDER BY t.slug OPERATOR(pg_catalog.=) $1 DESC LIMIT 1",
+        &[
+            tenant.into(),
+            tenancy_core::slug::canonical_uuid(tenant)
+                .map(Uuid::from_bytes)
+                .into(),
+        ],
+    ))
+}
+
+#[pg_extern(stable, name = "_tenant_id")]
+fn tenant_id_sql(tenant: &str) -> Option<Uuid> {
+    tenant_id_of(tenant)
+}
+
 /// The schema an extension is installed in, when it is installed.
 pub fn extension_schema(extname: &str) -> Option<String> {
     one_or_none(Spi::get_one_with_args::<String>(
@@ -156,8 +178,7 @@ pub struct AuditEntry<'a> {
 /// commits or rolls back with the operation it describes.
 pub fn audit(e: AuditEntry) {
     Spi::run_with_args(
-        "INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details, duration_ms) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "SELECT tenancy._audit_write($1, $2, $3, $4, $5)",
         &[
             e.action.into(),
             e.tenant_id.into(),

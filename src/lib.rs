@@ -31,7 +31,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",
-    requires = ["pool", migrate_tenant]
+    requires = ["pool", migrate_tenant, shared_schema_name]
 );
 extension_sql_file!(
     "../sql/health.sql",
@@ -46,7 +46,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/maintenance.sql",
     name = "maintenance",
-    requires = ["rls"]
+    requires = ["rls", partitioned_tables]
 );
 extension_sql_file!(
     "../sql/metrics.sql",

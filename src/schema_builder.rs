@@ -110,12 +110,12 @@ pub fn build_schema(
                 .or_raise();
             }
         }
+        // the partitions maintenance keeps, made now by the same function
         for p in &template.spec.partitioned_tables {
             Spi::run_with_args(
-                "SELECT tenancy._premake_partitions($1, $2, $3, $4)",
+                "SELECT tenancy._maintain_partitions($1::regclass, $2, $3)",
                 &[
-                    schema.into(),
-                    p.name.as_str().into(),
+                    qualified(schema, &p.name).into(),
                     p.unit.as_str().into(),
                     (p.premake as i32).into(),
                 ],

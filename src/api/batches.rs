@@ -109,6 +109,13 @@ fn retry_backoff_ms(attempt: i32, base_ms: f64, unit: f64) -> f64 {
     tenancy_core::queue::backoff_ms(attempt.max(0) as u32, base_ms, unit)
 }
 
+/// How long a periodic job waits after its `failures`-th failure in a row
+/// (tenancy._run_due_jobs): the policy is tenancy_core's.
+#[pg_extern(immutable, name = "_job_backoff_ms")]
+fn job_backoff_ms(failures: i32, every_ms: f64) -> f64 {
+    tenancy_core::queue::job_backoff_ms(failures.max(0) as u32, every_ms)
+}
+
 /// Wakes this database's worker when the transaction commits (CREATE
 /// EXTENSION calls it, so a new database is served at once).
 #[pg_extern(name = "_wake_worker")]

@@ -6,6 +6,7 @@ use crate::worker::shmem;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
+use tenancy_core::health::{tenant_score, Score, TenantFindings};
 
 fn query_json(sql: &str) -> Value {
     one_or_none(Spi::get_one::<JsonB>(sql))
@@ -73,38 +74,37 @@ fn health() -> JsonB {
         "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'tenancy'",
     ))
     .unwrap_or_default();
-    // each problem with what it takes off the score
-    let mut problems: Vec<(i64, String)> = Vec::new();
+    let mut problems = Score::new();
     if installed != library {
         // a new library is loaded but this database still has the old SQL
-        problems.push((20, format!("the extension here is version {installed} and the library {library}: run ALTER EXTENSION tenancy UPDATE")));
+        problems.lower(20, format!("the extension here is version {installed} and the library {library}: run ALTER EXTENSION tenancy UPDATE"));
     }
     if worker.get("preloaded") == Some(&json!(false)) {
-        problems.push((40, "the worker is not running: add tenancy to shared_preload_libraries, or call tenancy.process_queue() from pg_cron".into()));
+        problems.lower(40, "the worker is not running: add tenancy to shared_preload_libraries, or call tenancy.process_queue() from pg_cron");
     } else if worker.get("scheduler_running") != Some(&json!(true)) {
-        problems.push((40, "no scheduler runs in this database".into()));
+        problems.lower(40, "no scheduler runs in this database");
     } else if let Some(ago) = worker.get("last_run_seconds_ago").and_then(Value::as_f64) {
         // a pass takes a naptime; a periodic job can take longer, but not this long
         let limit = (gucs::NAPTIME_MS.get() as f64 / 1000.0 * 10.0).max(20.0);
         if ago > limit {
-            problems.push((40, format!("the scheduler has not finished a pass for {ago:.0} s: it is stuck, or a job runs for too long")));
+            problems.lower(40, format!("the scheduler has not finished a pass for {ago:.0} s: it is stuck, or a job runs for too long"));
         }
     }
     if metrics.get("stale") == Some(&json!(true)) {
-        problems.push((
+        problems.lower(
             20,
-            "metrics are stale: the metrics job has not run for 3 of its intervals".into(),
-        ));
+            "metrics are stale: the metrics job has not run for 3 of its intervals",
+        );
     }
     if maintenance
         .get("audit_log_months_ahead")
         .and_then(Value::as_i64)
         == Some(0)
     {
-        problems.push((
+        problems.lower(
             10,
-            "the audit log has no partition ahead: run tenancy.run_maintenance()".into(),
-        ));
+            "the audit log has no partition ahead: run tenancy.run_maintenance()",
+        );
     }
     if installed == library {
         // roles made for databases that are gone: removed by maintenance,
@@ -113,15 +113,15 @@ fn health() -> JsonB {
             query_json("SELECT coalesce(jsonb_agg(r), '[]') FROM tenancy._orphan_roles() r");
         if let Some(list) = orphans.as_array().filter(|l| !l.is_empty()) {
             let names: Vec<&str> = list.iter().filter_map(Value::as_str).take(5).collect();
-            problems.push((5, format!("{} role(s) of dropped databases remain ({}{}): tenancy.run_maintenance() removes those not granted anything elsewhere",
-                list.len(), names.join(", "), if list.len() > 5 { ", ..." } else { "" })));
+            problems.lower(5, format!("{} role(s) of dropped databases remain ({}{}): tenancy.run_maintenance() removes those not granted anything elsewhere",
+                list.len(), names.join(", "), if list.len() > 5 { ", ..." } else { "" }));
         }
     }
     if timescaledb.get("scheduler_running") == Some(&json!(false)) {
-        problems.push((20, "TimescaleDB's scheduler is not running in this database: its policies do not run (check max_worker_processes and timescaledb.max_background_workers)".into()));
+        problems.lower(20, "TimescaleDB's scheduler is not running in this database: its policies do not run (check max_worker_processes and timescaledb.max_background_workers)");
     }
-    let score = (100 - problems.iter().map(|p| p.0).sum::<i64>()).max(0);
-    let problems: Vec<String> = problems.into_iter().map(|p| p.1).collect();
+    let score = problems.value();
+    let problems = problems.reasons();
     JsonB(json!({
         "status": if problems.is_empty() { "ok" } else { "degraded" },
         "score": score,
@@ -157,4 +157,18 @@ fn timescaledb_state() -> Value {
     );
     state["version"] = json!(version);
     state
+}
+
+/// The score of one tenant from what `health(tenant)` found of it
+/// (sql/health.sql): `{"score": .., "reasons": [..]}`. The rules are
+/// tenancy_core's.
+#[pg_extern(immutable, name = "_tenant_score")]
+fn tenant_score_sql(findings: JsonB) -> JsonB {
+    let f: TenantFindings = serde_json::from_value(findings.0).unwrap_or_else(|e| {
+        crate::error::raise(tenancy_core::TenancyError::InvalidArgument(format!(
+            "health findings: {e}"
+        )))
+    });
+    let s = tenant_score(&f);
+    JsonB(json!({"score": s.value(), "reasons": s.reasons()}))
 }

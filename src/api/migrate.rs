@@ -76,16 +76,106 @@ pub fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
         &[tenant_id.into(), to_version.into()],
     )
     .or_raise();
-    Spi::run_with_args(
-        "INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details) VALUES ('migrate_tenant', $1, $2, $3)",
-        &[
-            tenant_id.into(),
-            slug.as_str().into(),
-            JsonB(json!({"template": template, "before": from, "after": to_version})).into(),
-        ],
-    )
-    .or_raise();
+    catalog::audit(catalog::AuditEntry {
+        action: "migrate_tenant",
+        tenant_id: Some(tenant_id),
+        tenant_slug: Some(&slug),
+        details: json!({"template": template, "before": from, "after": to_version}),
+        duration_ms: None,
+    });
     to_version
+}
+
+/// Queues one migrate item per listed tenant below `to_version` and returns
+/// the batch (`tenancy.migrate` and `bulk_update` of `template_version`).
+/// With `refuse_newer`, a listed tenant already past the target is an error.
+#[pg_extern(name = "_queue_migrations")]
+fn queue_migrations(
+    template: &str,
+    slugs: Vec<Option<String>>,
+    to_version: Option<i32>,
+    options: Option<JsonB>,
+    refuse_newer: bool,
+) -> Uuid {
+    let version_exists = to_version.is_some_and(|v| {
+        catalog::one_or_none(Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM tenancy.templates WHERE name = $1 AND version = $2)",
+            &[template.into(), v.into()],
+        ))
+        .unwrap_or(false)
+    });
+    let Some(to_version) = to_version.filter(|_| version_exists) else {
+        raise(TenancyError::InvalidArgument(format!(
+            "template \"{template}\" has no version {}",
+            to_version.map_or("NULL".into(), |v| v.to_string())
+        )))
+    };
+    let slugs: Vec<String> = slugs.into_iter().flatten().collect();
+    if refuse_newer {
+        let newer = catalog::one_or_none(Spi::get_one_with_args::<String>(
+            "SELECT string_agg(slug, ', ' ORDER BY slug) FROM tenancy.tenants \
+             WHERE slug = ANY ($1) AND status <> 'dropped' AND template_version > $2",
+            &[slugs.clone().into(), to_version.into()],
+        ));
+        if let Some(newer) = newer {
+            let plural = if newer.contains(", ") { "s" } else { "" };
+            raise(TenancyError::InvalidArgument(format!(
+                "version {to_version} of template \"{template}\" is older than that of tenant{plural}: {newer}"
+            )));
+        }
+    }
+    let max_concurrent =
+        tenancy_core::queue::parse_migration_options(options.as_ref().map(|j| &j.0)).or_raise();
+    let (batch, n) = Spi::connect_mut(|c| {
+        let row = c
+            .update(
+                "WITH pending AS (SELECT t.id, t.slug FROM tenancy.tenants t \
+                                  WHERE t.slug = ANY ($2) AND t.status <> 'dropped' AND t.template_version < $3), \
+                      b AS (INSERT INTO tenancy.batches (kind, total, max_concurrent, retry_attempts, retry_delay, \
+                                                         options, status, started_at, finished_at) \
+                            SELECT 'migrate', n, $4, $5, $6 * interval '1 millisecond', \
+                                   jsonb_build_object('template', $1::text, 'to_version', $3, 'max_concurrent', $4), \
+                                   CASE WHEN n = 0 THEN 'completed' ELSE 'queued' END::tenancy.batch_state, \
+                                   CASE WHEN n = 0 THEN now() END, CASE WHEN n = 0 THEN now() END \
+                            FROM (SELECT count(*)::int AS n FROM pending) c \
+                            RETURNING id, total), \
+                      items AS (INSERT INTO tenancy.batch_items (batch_id, ordinal, slug, spec) \
+                                SELECT b.id, row_number() OVER (ORDER BY p.slug), p.slug, \
+                                       jsonb_build_object('tenant_id', p.id, 'to_version', $3) \
+                                FROM pending p, b) \
+                 SELECT id, total FROM b",
+                Some(1),
+                &[
+                    template.into(),
+                    slugs.into(),
+                    to_version.into(),
+                    max_concurrent.into(),
+                    crate::gucs::RETRY_ATTEMPTS.get().into(),
+                    (crate::gucs::RETRY_DELAY_MS.get() as f64).into(),
+                ],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::Error>((row.get::<Uuid>(1)?, row.get::<i32>(2)?))
+    })
+    .or_raise();
+    let batch = batch.expect("INSERT RETURNING gives a row");
+    catalog::audit(catalog::AuditEntry {
+        action: "migrate",
+        tenant_id: None,
+        tenant_slug: None,
+        details: json!({"batch": batch.to_string(), "template": template,
+                        "to_version": to_version, "tenants": n.unwrap_or(0)}),
+        duration_ms: None,
+    });
+    crate::worker::wake_on_commit();
+    batch
+}
+
+/// Checks the options of a migration (`bulk_update` checks them for every
+/// kind of change): the rule is tenancy_core's.
+#[pg_extern(immutable, name = "_check_migration_options")]
+fn check_migration_options(options: Option<JsonB>) {
+    tenancy_core::queue::parse_migration_options(options.as_ref().map(|j| &j.0)).or_raise();
 }
 
 /// Builds a version of a template into `schema`, for `health(tenant)` to

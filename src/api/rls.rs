@@ -148,15 +148,12 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
                         (EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = $3) AND pg_has_role($2, $3, 'MEMBER')) \
                         OR (t.role_name IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = t.role_name) \
                             AND pg_has_role($2, t.role_name, 'MEMBER')) \
-                 FROM tenancy.tenants t \
-                 WHERE t.slug = $1 OR t.id = $4 \
-                 ORDER BY t.slug = $1 DESC LIMIT 1",
+                 FROM tenancy.tenants t WHERE t.id = $1",
                 Some(1),
                 &[
-                    tenant.into(),
+                    crate::catalog::tenant_id_of(tenant).into(),
                     caller.into(),
                     admin.as_str().into(),
-                    tenancy_core::slug::canonical_uuid(tenant).map(Uuid::from_bytes).into(),
                 ],
             )?;
             Ok::<_, pgrx::spi::Error>(rows.next().map(|r| {

@@ -86,3 +86,38 @@ fn template_ddl(template: &str, slug: &str) -> SetOfIterator<'static, String> {
         .client_script(&t.spec.schema_name(slug), ts.as_deref());
     SetOfIterator::new(script)
 }
+
+/// The schema of a template version's shared tables, for SQL
+/// (`tenancy._access_schema`): the rule is tenancy_core's.
+#[pg_extern(immutable, parallel_safe, name = "_shared_schema_name")]
+fn shared_schema_name(template: &str, spec: JsonB) -> String {
+    let named = spec.0.get("shared_schema").and_then(Value::as_str);
+    tenancy_core::template::shared_schema_name(named, template)
+}
+
+/// A template version's partitioned tables as the template parser reads
+/// them (unit spelled as `date_trunc` does, premake's default filled in):
+/// maintenance keeps what provisioning made, by the same reading.
+#[pg_extern(immutable, parallel_safe, name = "_partitioned_tables")]
+fn partitioned_tables(
+    template: &str,
+    spec: JsonB,
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(unit, String),
+        name!(premake, i32),
+        name!(retention, Option<String>),
+    ),
+> {
+    let parsed = parse_spec(template, &spec.0).or_raise();
+    TableIterator::new(parsed.partitioned_tables.into_iter().map(|p| {
+        (
+            p.name,
+            p.unit.as_str().to_string(),
+            p.premake as i32,
+            p.retention,
+        )
+    }))
+}

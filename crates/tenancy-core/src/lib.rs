@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod health;
 pub mod ident;
 pub mod options;
 pub mod queue;

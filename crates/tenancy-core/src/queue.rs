@@ -11,14 +11,27 @@ pub fn is_transient(sqlstate: &str) -> bool {
     matches!(sqlstate, "40001" | "40P01" | "55P03" | "57014") || sqlstate.starts_with("53")
 }
 
-/// Delay before attempt `attempt + 1`, after `attempt` failures: exponential
-/// from `base_ms`, with ±25% jitter (`unit` is uniform in [0, 1)) so that
-/// items failing together do not retry together. Capped at one hour.
-pub fn backoff_ms(attempt: u32, base_ms: f64, unit: f64) -> f64 {
-    const CAP_MS: f64 = 3_600_000.0;
+/// The one backoff policy, of batch items and of periodic jobs: the delay
+/// before attempt `attempt + 1`, after `attempt` failures, is exponential
+/// from `base_ms`, times a jitter of ±25% (`unit` is uniform in [0, 1); 0.5
+/// is no jitter), and at most `cap_ms`.
+fn capped_backoff_ms(attempt: u32, base_ms: f64, unit: f64, cap_ms: f64) -> f64 {
     let exp = 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
     let jitter = 0.75 + 0.5 * unit.clamp(0.0, 1.0);
-    (base_ms.max(0.0) * exp * jitter).min(CAP_MS)
+    (base_ms.max(0.0) * exp * jitter).min(cap_ms)
+}
+
+/// A batch item's retry: jittered, so that items failing together do not
+/// retry together; at most an hour.
+pub fn backoff_ms(attempt: u32, base_ms: f64, unit: f64) -> f64 {
+    capped_backoff_ms(attempt, base_ms, unit, 3_600_000.0)
+}
+
+/// A periodic job that failed `failures` times in a row runs again after
+/// twice its interval, then 4, 8, and at most 16 intervals (no jitter: one
+/// job per database, nothing to spread).
+pub fn job_backoff_ms(failures: u32, every_ms: f64) -> f64 {
+    capped_backoff_ms(failures, 2.0 * every_ms, 0.5, 16.0 * every_ms)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +79,26 @@ pub fn parse_delay_ms(v: &Value) -> Option<i64> {
     }
 }
 
+/// Items of one batch run at once unless its options say otherwise.
+pub const DEFAULT_MAX_CONCURRENT: i32 = 2;
+
+/// Options of a migration batch (`migrate`, `bulk_update` of
+/// `template_version`): only `max_concurrent`, read as `provision_batch`
+/// reads it. Returns max_concurrent.
+pub fn parse_migration_options(v: Option<&Value>) -> Result<i32, TenancyError> {
+    if let Some(Value::Object(m)) = v {
+        let unknown: Vec<Problem> = m
+            .keys()
+            .filter(|k| k.as_str() != "max_concurrent")
+            .map(|k| Problem::new(k, "unknown key (allowed: max_concurrent)"))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(TenancyError::InvalidOptions(unknown));
+        }
+    }
+    parse_batch_options(v, 0, 0).map(|o| o.max_concurrent)
+}
+
 /// Parses batch options over the defaults given (from the GUCs).
 pub fn parse_batch_options(
     v: Option<&Value>,
@@ -73,7 +106,7 @@ pub fn parse_batch_options(
     default_delay_ms: i64,
 ) -> Result<BatchOptions, TenancyError> {
     let mut o = BatchOptions {
-        max_concurrent: 2,
+        max_concurrent: DEFAULT_MAX_CONCURRENT,
         retry_attempts: default_attempts,
         retry_delay_ms: default_delay_ms,
         continue_on_error: true,
@@ -152,6 +185,16 @@ mod tests {
     }
 
     #[test]
+    fn job_backoff_doubles_up_to_16_intervals() {
+        let hour = 3_600_000.0;
+        assert_eq!(job_backoff_ms(1, hour), 2.0 * hour);
+        assert_eq!(job_backoff_ms(2, hour), 4.0 * hour);
+        assert_eq!(job_backoff_ms(3, hour), 8.0 * hour);
+        assert_eq!(job_backoff_ms(4, hour), 16.0 * hour);
+        assert_eq!(job_backoff_ms(50, 1000.0), 16_000.0);
+    }
+
+    #[test]
     fn options() {
         let o = parse_batch_options(None, 3, 1000).unwrap();
         assert_eq!(
@@ -182,6 +225,18 @@ mod tests {
         assert_eq!(p.len(), 3);
         assert!(parse_batch_options(Some(&json!({"max_concurrent": 0})), 3, 1000).is_err());
         assert!(parse_batch_options(Some(&json!([1])), 3, 1000).is_err());
+    }
+
+    #[test]
+    fn migration_options() {
+        assert_eq!(parse_migration_options(None), Ok(DEFAULT_MAX_CONCURRENT));
+        assert_eq!(parse_migration_options(Some(&json!({}))), Ok(2));
+        assert_eq!(
+            parse_migration_options(Some(&json!({"max_concurrent": 4}))),
+            Ok(4)
+        );
+        assert!(parse_migration_options(Some(&json!({"max_concurrent": 21}))).is_err());
+        assert!(parse_migration_options(Some(&json!({"retry_attempts": 1}))).is_err());
     }
 
     #[test]

@@ -59,6 +59,13 @@ impl PartitionUnit {
     }
 }
 
+/// The schema of a template's shared tables: the one its spec names
+/// (`shared_schema`), or `shared_<template>`. SQL reads it through
+/// `tenancy._shared_schema_name`.
+pub fn shared_schema_name(named: Option<&str>, template: &str) -> String {
+    named.map_or_else(|| format!("shared_{template}"), str::to_string)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionedTable {
     pub name: String,
@@ -120,9 +127,7 @@ impl TemplateSpec {
 
     /// The schema of the template's shared tables.
     pub fn shared_schema_name(&self, template: &str) -> String {
-        self.shared_schema
-            .clone()
-            .unwrap_or_else(|| format!("shared_{template}"))
+        shared_schema_name(self.shared_schema.as_deref(), template)
     }
 
     /// The schema a tenant with this slug gets.
