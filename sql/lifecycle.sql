@@ -44,20 +44,8 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 RETURN format('tenancy_%s_%s', kind, (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))::name;
 
--- The one writer of the audit log (Rust's catalog::audit calls it too): in
--- the caller's transaction, so an entry commits or rolls back with what it
--- describes.
-CREATE FUNCTION tenancy._audit_write(action text, tenant_id uuid, tenant_slug text, details jsonb,
-                                     duration_ms double precision DEFAULT NULL,
-                                     result text DEFAULT 'ok', error text DEFAULT NULL) RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-    INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details, duration_ms, result, error)
-    VALUES (action, tenant_id, tenant_slug, coalesce(details, '{}'), duration_ms, result, error);
-$$;
-
--- An operation on one tenant, in the audit log.
+-- An operation on one tenant, in the audit log (written by the library's
+-- tenancy._audit_write, the log's one writer).
 CREATE FUNCTION tenancy._audit(action text, t tenancy.tenants, details jsonb) RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -70,10 +58,34 @@ CREATE FUNCTION tenancy._grant_tenant_objects(schema_name name, role_name name) 
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    nsp oid := to_regnamespace(quote_ident(schema_name));
+    tbls text;
+    seqs text;
+    fns text;
 BEGIN
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO %I', schema_name, role_name);
-    EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO %I', schema_name, role_name);
-    EXECUTE format('GRANT EXECUTE ON ALL ROUTINES IN SCHEMA %I TO %I', schema_name, role_name);
+    -- The objects GRANT ... ON ALL ... IN SCHEMA would find, found through
+    -- pg_depend's index and granted by name: ON ALL scans the whole of
+    -- pg_class and pg_proc, 150 ms a claim at 10,000 tenants.
+    SELECT string_agg(c.oid::regclass::text, ', ') FILTER (WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')),
+           string_agg(c.oid::regclass::text, ', ') FILTER (WHERE c.relkind = 'S')
+    INTO tbls, seqs
+    FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_namespace'::regclass
+      AND d.refobjid = nsp AND d.deptype = 'n' AND c.relnamespace = nsp;
+    SELECT string_agg(p.oid::regprocedure::text, ', ') INTO fns
+    FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+    WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_namespace'::regclass
+      AND d.refobjid = nsp AND d.deptype = 'n' AND p.pronamespace = nsp;
+    IF tbls IS NOT NULL THEN
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE %s TO %I', tbls, role_name);
+    END IF;
+    IF seqs IS NOT NULL THEN
+        EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', seqs, role_name);
+    END IF;
+    IF fns IS NOT NULL THEN
+        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %I', fns, role_name);
+    END IF;
 END
 $$;
 

@@ -320,7 +320,7 @@ END
 $$;
 
 -- Runs the jobs that are due, each on its own: a failing job is recorded and
--- backed off (tenancy_core::queue::job_backoff_ms) and the others run.
+-- backed off (tenancy_core::retry::job_backoff_ms) and the others run.
 CREATE FUNCTION tenancy._run_due_jobs() RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -359,7 +359,7 @@ BEGIN
             WHERE name = j.name;
             PERFORM tenancy._audit_write('job', NULL, NULL,
                                          jsonb_build_object('job', j.name, 'failures', j.failures + 1),
-                                         result => 'error', error => err);
+                                         error => err);
         END;
         n := n + 1;
     END LOOP;

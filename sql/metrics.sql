@@ -1,6 +1,10 @@
 -- Usage metrics of every tenant, in one pass over the catalogs.
 
--- Schema tenants: sizes of every table of their schema (pg_*_size, exact);
+-- Schema tenants: sizes of every table of their schema, exact, from one
+-- listing of the database's directory (the pg_*_size functions open each
+-- relation: a relation cache entry for each of 190,000 relations at 10,000
+-- tenants, 3.5 s and 380 MB), and their statistics from the pg_stat_get_*
+-- functions of their tables only;
 -- shared tenants: their rows counted in one GROUP BY per shared table, and
 -- bytes estimated as the table's bytes times their share of its rows.
 CREATE FUNCTION tenancy.refresh_metrics() RETURNS integer
@@ -11,6 +15,10 @@ DECLARE
     n integer;
     st record;
     now_ts timestamptz := clock_timestamp();
+    -- the directory of the database's default tablespace ('base/<db oid>',
+    -- or 'pg_tblspc/<spc>/PG_.../<db oid>'), where a relation with
+    -- reltablespace 0 has its files
+    dir text := regexp_replace(pg_relation_filepath('pg_catalog.pg_class'::regclass), '/[^/]*$', '');
 BEGIN
     -- a temporary table of that name the caller made (with a trigger) must
     -- not be the one this superuser code writes to
@@ -24,16 +32,66 @@ BEGIN
     ) ON COMMIT DROP;
 
     INSERT INTO tenancy_metrics_now
-    SELECT t.id, 'schema', count(c.oid)::int, coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,
-           coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(pg_relation_size(c.oid)), 0),
-           coalesce(sum(pg_indexes_size(c.oid)), 0),
-           coalesce(sum(CASE WHEN c.reltoastrelid <> 0 THEN pg_total_relation_size(c.reltoastrelid) ELSE 0 END), 0),
-           sum(s.n_dead_tup), max(greatest(s.last_vacuum, s.last_autovacuum)),
-           max(greatest(s.last_analyze, s.last_autoanalyze)), sum(s.seq_scan), sum(s.idx_scan)
+    WITH files AS MATERIALIZED (
+        -- '<filenode>[_<fork>][.<segment>]': every fork and 1 GB segment counts;
+        -- main_bytes is the main fork only (pg_relation_size)
+        SELECT split_part(b, '_', 1)::oid AS filenode,
+               sum(sz) AS all_bytes,
+               coalesce(sum(sz) FILTER (WHERE strpos(b, '_') = 0), 0) AS main_bytes
+        FROM (SELECT split_part(f, '.', 1) AS b, (pg_stat_file(dir || '/' || f, true)).size AS sz
+              FROM pg_ls_dir(dir, true, false) f
+              WHERE left(f, 1) BETWEEN '0' AND '9') x
+        GROUP BY 1
+    ), tbl AS MATERIALIZED (
+        SELECT t.id AS tenant_id, c.oid, c.reltuples, c.reltoastrelid
+        FROM tenancy.tenants t
+        JOIN pg_namespace n ON n.nspname = t.schema_name
+        JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
+        WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
+    ), part AS (
+        -- every relation whose files count for a table, and as what
+        SELECT r.oid AS tbl, r.oid AS rel, 'heap' AS kind FROM tbl r
+        UNION ALL
+        SELECT r.oid, i.indexrelid, 'index' FROM tbl r JOIN pg_index i ON i.indrelid = r.oid
+        UNION ALL
+        SELECT r.oid, r.reltoastrelid, 'toast' FROM tbl r WHERE r.reltoastrelid <> 0
+        UNION ALL
+        SELECT r.oid, i.indexrelid, 'toast' FROM tbl r JOIN pg_index i ON i.indrelid = r.reltoastrelid
+        WHERE r.reltoastrelid <> 0
+    ), sized AS (
+        SELECT p.tbl, p.kind, p.rel,
+               CASE WHEN c.reltablespace = 0 AND c.relfilenode <> 0 AND c.relpersistence <> 't'
+                    THEN coalesce(f.all_bytes, 0)
+                    ELSE pg_relation_size(c.oid, 'main') + pg_relation_size(c.oid, 'fsm')
+                         + pg_relation_size(c.oid, 'vm') + pg_relation_size(c.oid, 'init') END AS all_bytes,
+               CASE WHEN c.reltablespace = 0 AND c.relfilenode <> 0 AND c.relpersistence <> 't'
+                    THEN coalesce(f.main_bytes, 0)
+                    ELSE pg_relation_size(c.oid, 'main') END AS main_bytes
+        FROM part p
+        JOIN pg_class c ON c.oid = p.rel
+        LEFT JOIN files f ON f.filenode = c.relfilenode
+    ), per_table AS (
+        SELECT s.tbl,
+               sum(s.all_bytes) AS total_bytes,
+               sum(s.main_bytes) FILTER (WHERE s.kind = 'heap') AS table_bytes,
+               coalesce(sum(s.all_bytes) FILTER (WHERE s.kind = 'index'), 0) AS index_bytes,
+               coalesce(sum(s.all_bytes) FILTER (WHERE s.kind = 'toast'), 0) AS toast_bytes,
+               -- pg_stat_all_tables.idx_scan: NULL for a table without indexes
+               sum(pg_stat_get_numscans(s.rel)) FILTER (WHERE s.kind = 'index') AS idx_scan
+        FROM sized s
+        GROUP BY s.tbl
+    )
+    SELECT t.id, 'schema', count(r.oid)::int, coalesce(sum(greatest(r.reltuples, 0)), 0)::bigint,
+           coalesce(sum(p.total_bytes), 0), coalesce(sum(p.table_bytes), 0),
+           coalesce(sum(p.index_bytes), 0), coalesce(sum(p.toast_bytes), 0),
+           sum(pg_stat_get_dead_tuples(r.oid)),
+           max(greatest(pg_stat_get_last_vacuum_time(r.oid), pg_stat_get_last_autovacuum_time(r.oid))),
+           max(greatest(pg_stat_get_last_analyze_time(r.oid), pg_stat_get_last_autoanalyze_time(r.oid))),
+           sum(pg_stat_get_numscans(r.oid)), sum(p.idx_scan)
     FROM tenancy.tenants t
     JOIN pg_namespace n ON n.nspname = t.schema_name
-    LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
-    LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+    LEFT JOIN tbl r ON r.tenant_id = t.id
+    LEFT JOIN per_table p ON p.tbl = r.oid
     WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
     GROUP BY t.id;
 

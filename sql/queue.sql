@@ -33,6 +33,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     b record;
+    -- a value, not clock_timestamp() in the queries: a volatile call cannot
+    -- bound an index scan of batch_items_ready_idx
+    now_ts timestamptz := clock_timestamp();
 BEGIN
     FOR b IN
         SELECT bt.id, bt.kind, bt.status, bt.retry_attempts, bt.retry_delay, bt.continue_on_error
@@ -40,7 +43,7 @@ BEGIN
         WHERE bt.status IN ('queued', 'in_progress')
           AND EXISTS (SELECT 1 FROM tenancy.batch_items i
                       WHERE i.batch_id = bt.id AND i.status = 'queued'
-                        AND i.next_attempt_at <= clock_timestamp())
+                        AND i.next_attempt_at <= now_ts)
         ORDER BY bt.created_at
     LOOP
         -- at most max_concurrent sessions work on one batch at a time: each
@@ -56,7 +59,7 @@ BEGIN
                CASE WHEN b.kind = 'migrate' THEN (i.spec->>'to_version')::integer END,
                i.spec, i.attempts
         FROM tenancy.batch_items i
-        WHERE i.batch_id = b.id AND i.status = 'queued' AND i.next_attempt_at <= clock_timestamp()
+        WHERE i.batch_id = b.id AND i.status = 'queued' AND i.next_attempt_at <= now_ts
         ORDER BY i.next_attempt_at, i.ordinal
         -- a tenant provisioned in a transaction of its own (several to one
         -- are no faster: the cost is catalog work, not the commit); tenants
@@ -100,7 +103,10 @@ BEGIN
     FROM jsonb_to_recordset(results) AS r(ordinal integer, status text, tenant_id uuid, error text,
                                           sqlstate text, started_ago_ms double precision,
                                           duration_ms double precision, retry_in_ms double precision)
-    WHERE i.batch_id = batch AND i.ordinal = r.ordinal;
+    WHERE i.batch_id = batch AND i.ordinal = r.ordinal
+      -- the ordinals bound: an index scan of the claimed items, not a hash
+      -- join over every item of the batch (jsonb_to_recordset's estimate)
+      AND i.ordinal = ANY (ARRAY(SELECT (e->>'ordinal')::integer FROM jsonb_array_elements(results) e));
     IF stop_batch THEN
         PERFORM tenancy._stop_batch(batch, 'failed');
     END IF;
@@ -200,18 +206,25 @@ BEGIN
 END
 $$;
 
--- How many items could run right now, within each batch's max_concurrent.
+-- How many items could run right now, within each batch's max_concurrent, and
+-- how many batches have items queued at all (the scheduler naps less then).
 CREATE FUNCTION tenancy._queue_demand(OUT ready integer, OUT waiting integer)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(sum(least(b.max_concurrent, r.ready)), 0)::integer,
-           coalesce(sum(r.waiting), 0)::integer
+    -- counted no further than the answer needs: a pass over a batch of
+    -- thousands must not read every queued item (the scheduler passes often)
+    SELECT coalesce(sum(r.ready), 0)::integer, coalesce(sum(w.waiting), 0)::integer
     FROM tenancy.batches b
     CROSS JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE i.next_attempt_at <= clock_timestamp()) AS ready,
-               count(*) AS waiting
-        FROM tenancy.batch_items i WHERE i.batch_id = b.id AND i.status = 'queued') r
+        SELECT count(*) AS ready
+        FROM (SELECT 1 FROM tenancy.batch_items i
+              WHERE i.batch_id = b.id AND i.status = 'queued' AND i.next_attempt_at <= clock_timestamp()
+              LIMIT b.max_concurrent) x) r
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS waiting
+        FROM (SELECT 1 FROM tenancy.batch_items i
+              WHERE i.batch_id = b.id AND i.status = 'queued' LIMIT 1) y) w
     WHERE b.status IN ('queued', 'in_progress')
 $$;
 

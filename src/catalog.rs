@@ -175,17 +175,48 @@ pub struct AuditEntry<'a> {
 }
 
 /// Records an operation in the audit log, in the caller's transaction: it
-/// commits or rolls back with the operation it describes.
+/// commits or rolls back with the operation it describes. The log's one
+/// writer: SQL calls it as `tenancy._audit_write`. (A plain INSERT of the
+/// columns every released version has, so that it also serves a database
+/// whose SQL is not yet updated to this library.)
 pub fn audit(e: AuditEntry) {
+    write_audit(e, None);
+}
+
+fn write_audit(e: AuditEntry, error: Option<&str>) {
     Spi::run_with_args(
-        "SELECT tenancy._audit_write($1, $2, $3, $4, $5)",
+        "INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details, duration_ms, result, error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
             e.action.into(),
             e.tenant_id.into(),
             e.tenant_slug.into(),
             JsonB(e.details).into(),
             e.duration_ms.into(),
+            if error.is_some() { "error" } else { "ok" }.into(),
+            error.into(),
         ],
     )
     .or_raise()
+}
+
+#[pg_extern(name = "_audit_write")]
+fn audit_write(
+    action: &str,
+    tenant_id: Option<Uuid>,
+    tenant_slug: Option<&str>,
+    details: Option<JsonB>,
+    duration_ms: default!(Option<f64>, "NULL"),
+    error: default!(Option<&str>, "NULL"),
+) {
+    write_audit(
+        AuditEntry {
+            action,
+            tenant_id,
+            tenant_slug,
+            details: details.map_or(Value::Object(Default::default()), |d| d.0),
+            duration_ms,
+        },
+        error,
+    );
 }

@@ -31,7 +31,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",
-    requires = ["pool", migrate_tenant, shared_schema_name]
+    requires = ["pool", migrate_tenant, shared_schema_name, audit_write]
 );
 extension_sql_file!(
     "../sql/health.sql",

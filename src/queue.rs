@@ -20,7 +20,7 @@ use pgrx::{JsonB, Uuid};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tenancy_core::options::parse_item;
-use tenancy_core::queue::{backoff_ms, is_transient};
+use tenancy_core::retry::{backoff_ms, is_transient};
 
 /// Items one transaction claims at most, and the time after which it takes
 /// no further item of its claim: one transaction holds the locks of every

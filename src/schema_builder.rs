@@ -2,8 +2,8 @@
 //! A failing statement aborts the whole transaction (nothing is left), and
 //! its error keeps its own SQLSTATE with the template and statement added.
 
-use crate::catalog::{extension_schema, Template};
-use crate::error::{raise, raise_with, OrRaise};
+use crate::catalog::{self, extension_schema, Template};
+use crate::error::{raise, raise_with, sqlstate, OrRaise};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
@@ -123,4 +123,100 @@ pub fn build_schema(
             .or_raise();
         }
     });
+}
+
+/// Creates the template's shared schema and tables, with RLS on every table
+/// that has a `tenant_id` column, the first time a shared tenant needs them.
+pub fn ensure_shared_schema(template: &Template) -> String {
+    let schema = template.spec.shared_schema_name(&template.name);
+    if template.spec.shared_tables.is_empty() {
+        raise(TenancyError::InvalidArgument(format!(
+            "template {:?} has no shared_tables: it cannot provision shared tenants",
+            template.name
+        )));
+    }
+    // an existing schema of that name is used only if tenancy made it (the
+    // owner role's, or a superuser's before 0.3.0): a database owner's
+    // schema made ahead of the first shared tenant would get its rows
+    let usable = || {
+        let owner_ok = catalog::one_or_none(Spi::get_one_with_args::<bool>(
+            "SELECT r.rolname = $2 OR r.rolsuper FROM pg_catalog.pg_namespace n \
+             JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner WHERE n.nspname = $1",
+            &[
+                schema.as_str().into(),
+                crate::roles::owner_role().as_str().into(),
+            ],
+        ));
+        match owner_ok {
+            Some(true) => true,
+            Some(false) => raise_with(
+                sqlstate("42501"),
+                format!("schema {schema} exists and was not made by tenancy"),
+                Some(format!(
+                    "The shared tables of template {:?} live in {schema}; this one belongs to another role.",
+                    template.name
+                )),
+                Some("Rename or drop that schema, or give the template another shared_schema.".into()),
+            ),
+            None => false,
+        }
+    };
+    if usable() {
+        return schema;
+    }
+    // two first shared tenants of one template must not both create it: a
+    // row lock on the template (no session without privileges can hold one,
+    // as it could an advisory lock); NO KEY UPDATE leaves the tenants'
+    // foreign keys to it free
+    Spi::run_with_args(
+        "SELECT 1 FROM tenancy.templates WHERE name = $1 ORDER BY version DESC LIMIT 1 FOR NO KEY UPDATE",
+        &[template.name.as_str().into()],
+    )
+    .or_raise();
+    if usable() {
+        return schema;
+    }
+    crate::schema_builder::create_owned_schema(&schema);
+    crate::roles::as_owner(&crate::roles::owner_search_path(&schema), None, || {
+        let total = template.spec.shared_tables.len();
+        for (i, sql) in template.spec.shared_tables.iter().enumerate() {
+            let context = format!(
+                "template {:?} version {}, shared statement {} of {total} (shared_tables[{i}])",
+                template.name,
+                template.version,
+                i + 1
+            );
+            run_statement(&context, sql);
+        }
+    });
+    if crate::roles::legacy_catalog() {
+        // as 0.2.0 did, until ALTER EXTENSION tenancy UPDATE
+        let q = quote_ident(&schema);
+        Spi::run_with_args(
+            "SELECT tenancy.enable_rls(c.oid::regclass) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped \
+             WHERE c.relnamespace = to_regnamespace(quote_ident($1)) AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
+            &[schema.as_str().into()],
+        )
+        .or_raise();
+        Spi::run(&format!(
+            "GRANT USAGE ON SCHEMA {q} TO tenancy_all_tenants; \
+             GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {q} TO tenancy_all_tenants"
+        ))
+        .or_raise();
+        return schema;
+    }
+    // the policies first; then the shared tenants' role gets the tables
+    // that have one (tenancy._enable_rls), and the schema
+    Spi::run_with_args(
+        "SELECT tenancy._enable_rls(tbl) FROM tenancy._shared_tables($1) tbl",
+        &[schema.as_str().into()],
+    )
+    .or_raise();
+    let q = quote_ident(&schema);
+    for kind in ["shared", "all_tenants"] {
+        let role = quote_ident(&crate::roles::db_role(kind));
+        Spi::run(&format!("GRANT USAGE ON SCHEMA {q} TO {role}")).or_raise();
+    }
+    schema
 }

@@ -9,8 +9,8 @@ use crate::gucs;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::json;
-use tenancy_core::batch::items_of;
-use tenancy_core::queue::parse_batch_options;
+use tenancy_core::batch_items::items_of;
+use tenancy_core::batch_options::parse_batch_options;
 use tenancy_core::TenancyError;
 
 #[pg_extern]
@@ -98,22 +98,22 @@ fn provision_batch(tenants: JsonB, options: default!(Option<JsonB>, "'{}'")) -> 
 
 // C symbols that released install scripts (sql/archive) still name: kept so
 // that an old version can be created and updated to this one, which has no
-// SQL for them (its queue runner calls tenancy_core::queue directly).
+// SQL for them (its queue runner calls tenancy_core::retry directly).
 #[pg_extern(sql = false)]
 fn is_transient_sql(sqlstate: &str) -> bool {
-    tenancy_core::queue::is_transient(sqlstate)
+    tenancy_core::retry::is_transient(sqlstate)
 }
 
 #[pg_extern(sql = false)]
 fn retry_backoff_ms(attempt: i32, base_ms: f64, unit: f64) -> f64 {
-    tenancy_core::queue::backoff_ms(attempt.max(0) as u32, base_ms, unit)
+    tenancy_core::retry::backoff_ms(attempt.max(0) as u32, base_ms, unit)
 }
 
 /// How long a periodic job waits after its `failures`-th failure in a row
 /// (tenancy._run_due_jobs): the policy is tenancy_core's.
 #[pg_extern(immutable, name = "_job_backoff_ms")]
 fn job_backoff_ms(failures: i32, every_ms: f64) -> f64 {
-    tenancy_core::queue::job_backoff_ms(failures.max(0) as u32, every_ms)
+    tenancy_core::retry::job_backoff_ms(failures.max(0) as u32, every_ms)
 }
 
 /// Wakes this database's worker when the transaction commits (CREATE

@@ -172,3 +172,12 @@ fn tenant_score_sql(findings: JsonB) -> JsonB {
     let s = tenant_score(&f);
     JsonB(json!({"score": s.value(), "reasons": s.reasons()}))
 }
+
+/// Builds a version of a template into `schema`, for `health(tenant)` to
+/// compare a tenant against (it runs in a subtransaction that is rolled back).
+#[pg_extern(name = "_build_reference")]
+fn build_reference(template: &str, version: i32, schema: &str) {
+    let t = crate::catalog::template_version(template, Some(version));
+    let ts = crate::schema_builder::check_prerequisites(&t);
+    crate::schema_builder::build_schema(&t, schema, ts.as_deref(), None);
+}

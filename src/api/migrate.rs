@@ -125,7 +125,8 @@ fn queue_migrations(
         }
     }
     let max_concurrent =
-        tenancy_core::queue::parse_migration_options(options.as_ref().map(|j| &j.0)).or_raise();
+        tenancy_core::batch_options::parse_migration_options(options.as_ref().map(|j| &j.0))
+            .or_raise();
     let (batch, n) = Spi::connect_mut(|c| {
         let row = c
             .update(
@@ -175,14 +176,5 @@ fn queue_migrations(
 /// kind of change): the rule is tenancy_core's.
 #[pg_extern(immutable, name = "_check_migration_options")]
 fn check_migration_options(options: Option<JsonB>) {
-    tenancy_core::queue::parse_migration_options(options.as_ref().map(|j| &j.0)).or_raise();
-}
-
-/// Builds a version of a template into `schema`, for `health(tenant)` to
-/// compare a tenant against (it runs in a subtransaction that is rolled back).
-#[pg_extern(name = "_build_reference")]
-fn build_reference(template: &str, version: i32, schema: &str) {
-    let t = catalog::template_version(template, Some(version));
-    let ts = crate::schema_builder::check_prerequisites(&t);
-    crate::schema_builder::build_schema(&t, schema, ts.as_deref(), None);
+    tenancy_core::batch_options::parse_migration_options(options.as_ref().map(|j| &j.0)).or_raise();
 }

@@ -46,7 +46,7 @@ pub fn provision_tenant(
     };
     let role = role_name.as_str();
     let shared = options.isolation == Isolation::Shared;
-    let shared_schema = shared.then(|| crate::api::rls::ensure_shared_schema(&template));
+    let shared_schema = shared.then(|| crate::schema_builder::ensure_shared_schema(&template));
 
     // The catalog row comes first: its unique keys serialize two callers
     // racing for one slug before either creates anything.

@@ -5,7 +5,7 @@ use crate::error::OrRaise;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use std::collections::HashMap;
-use tenancy_core::batch::{check_items, items_of, names_in, ItemReport, Known};
+use tenancy_core::batch_items::{check_items, items_of, names_in, ItemReport, Known};
 
 /// Looks up, in one query each, what the checks of these items need.
 pub fn known_for(items: &[serde_json::Value]) -> Known {

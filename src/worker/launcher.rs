@@ -86,7 +86,7 @@ pub extern "C-unwind" fn tenancy_launcher_main(_arg: pg_sys::Datum) {
                     continue;
                 }
                 // a database known to lack the extension waits for CREATE EXTENSION
-                if slot.extension == 2 && !slot.wake {
+                if slot.extension == shmem::Extension::Absent && !slot.wake {
                     continue;
                 }
                 slot.wake = false;

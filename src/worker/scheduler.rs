@@ -54,7 +54,7 @@ fn start_item_worker(db: u32) -> Option<DynamicBackgroundWorker> {
         .ok()
 }
 
-fn publish(db: u32, extension: u8, latch: usize) {
+fn publish(db: u32, extension: shmem::Extension, latch: usize) {
     let mut s = SHARED.exclusive();
     if let Some(i) = shmem::slot_index(&mut s, db, true) {
         let slot = &mut s.slots[i];
@@ -78,6 +78,44 @@ fn give_way() -> bool {
     BackgroundWorker::wait_latch(Some(Duration::from_secs(2)))
 }
 
+/// Up to 10 units of queued work in the scheduler itself (no worker slot was
+/// free); returns how many it did.
+fn run_items_here() -> i32 {
+    let mut done = 0;
+    while done < 10 && super::do_queued_work("queue item (in the scheduler)") {
+        done += 1;
+    }
+    done
+}
+
+/// One look at the queue, after the batches' final status is written: how
+/// many units of work are ready now (queued items, plus one if the pool or
+/// a dropped tenant's tables want work) and how many items wait for a
+/// retry. None when the transaction failed (a lock not had in time).
+fn queue_demand() -> Option<(i32, i32)> {
+    super::try_transaction("queue pass", || {
+        Spi::connect_mut(|c| {
+            c.update("SELECT tenancy._finalize_batches()", None, &[])?;
+            let row = c.select(
+                "SELECT d.ready + least(tenancy._pool_deficit() \
+                     + (SELECT count(*) FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner \
+                        WHERE n.nspname LIKE 'tenancy\\_trash\\_%' AND (r.rolsuper \
+                          OR r.rolname = 'tenancy_owner_' || (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())::text))::int, 1), \
+                        d.waiting \
+                 FROM tenancy._queue_demand() d",
+                None,
+                &[],
+            )?;
+            let row = row.first();
+            Ok::<_, pgrx::spi::Error>((
+                row.get::<i32>(1)?.unwrap_or(0),
+                row.get::<i32>(2)?.unwrap_or(0),
+            ))
+        })
+        .unwrap_or((0, 0))
+    })
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
@@ -87,10 +125,10 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
     super::session_settings();
 
     if !BackgroundWorker::transaction(extension_installed) {
-        publish(db, 2, 0);
+        publish(db, shmem::Extension::Absent, 0);
         return;
     }
-    publish(db, 1, shmem::my_latch());
+    publish(db, shmem::Extension::Installed, shmem::my_latch());
 
     let mut workers: Vec<DynamicBackgroundWorker> = Vec::new();
     let mut done_inline = 0;
@@ -103,7 +141,7 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
         let check = || (extension_installed(), being_restored());
         match super::try_transaction("extension check", check) {
             Some((false, _)) => {
-                publish(db, 2, 0);
+                publish(db, shmem::Extension::Absent, 0);
                 break;
             }
             Some((true, true)) => {
@@ -121,27 +159,7 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
                 continue;
             }
         }
-        let pass = super::try_transaction("queue pass", || {
-            Spi::connect_mut(|c| {
-                c.update("SELECT tenancy._finalize_batches()", None, &[])?;
-                let row = c.select(
-                    "SELECT d.ready + least(tenancy._pool_deficit() \
-                         + (SELECT count(*) FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner \
-                            WHERE n.nspname LIKE 'tenancy\\_trash\\_%' AND (r.rolsuper \
-                              OR r.rolname = 'tenancy_owner_' || (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())::text))::int, 1), \
-                            d.waiting \
-                     FROM tenancy._queue_demand() d",
-                    None,
-                    &[],
-                )?;
-                let row = row.first();
-                Ok::<_, pgrx::spi::Error>((
-                    row.get::<i32>(1)?.unwrap_or(0),
-                    row.get::<i32>(2)?.unwrap_or(0),
-                ))
-            })
-            .unwrap_or((0, 0))
-        });
+        let pass = queue_demand();
         let Some((ready, waiting)) = pass else {
             if !give_way() {
                 break;
@@ -187,13 +205,7 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
         // always moves. The scheduler exits after as many items as an item
         // worker would, to bound its memory; the launcher starts a fresh one.
         if workers.is_empty() && ready > 0 {
-            for _ in 0..10 {
-                let did = super::do_queued_work("queue item (in the scheduler)");
-                if !did {
-                    break;
-                }
-                done_inline += 1;
-            }
+            done_inline += run_items_here();
             if done_inline >= gucs::RECYCLE_AFTER.get() {
                 recycle = true;
                 break;

@@ -6,6 +6,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const MAX_DATABASES: usize = 128;
 
+/// Whether a database has `CREATE EXTENSION tenancy`, as its scheduler saw.
+#[derive(Copy, Clone, Default, PartialEq, Eq, Debug)]
+pub enum Extension {
+    #[default]
+    Unknown,
+    Installed,
+    /// Not there: the launcher leaves the database alone until a CREATE
+    /// EXTENSION (or any wake) says otherwise.
+    Absent,
+}
+
 #[derive(Copy, Clone, Default)]
 pub struct DbSlot {
     pub db_oid: u32,
@@ -13,9 +24,7 @@ pub struct DbSlot {
     /// shared memory, valid in every backend), or 0.
     pub scheduler_latch: usize,
     pub scheduler_pid: i32,
-    /// 0 unknown, 1 installed, 2 not installed (the launcher leaves it alone
-    /// until a CREATE EXTENSION wakes it).
-    pub extension: u8,
+    pub extension: Extension,
     /// Work arrived; the launcher starts a scheduler if none runs.
     pub wake: bool,
     /// Unix ms until which no worker may start here (a DROP DATABASE is on).
@@ -124,8 +133,8 @@ pub fn wake_database(db: pg_sys::Oid) {
                 let slot = &mut s.slots[i];
                 slot.wake = true;
                 slot.paused_until_ms = 0;
-                if slot.extension == 2 {
-                    slot.extension = 0;
+                if slot.extension == Extension::Absent {
+                    slot.extension = Extension::Unknown;
                 }
                 (slot.scheduler_latch, launcher)
             }

@@ -3,12 +3,13 @@
 //! provision options, error kinds and their SQLSTATEs). The extension crate
 //! only adapts this to SQL, so these rules are unit-tested with `cargo test`.
 
-pub mod batch;
+pub mod batch_items;
+pub mod batch_options;
 pub mod error;
 pub mod health;
 pub mod ident;
 pub mod options;
-pub mod queue;
+pub mod retry;
 pub mod slug;
 pub mod template;
 

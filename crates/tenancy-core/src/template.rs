@@ -491,6 +491,34 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
             .map(|(_, sql)| sql.clone())
     };
 
+    let timescale_tables = parse_timescale_tables(spec, &find_table, &mut problems);
+    let partitioned_tables = parse_partitioned_tables(spec, &find_table, &mut problems);
+
+    if problems.is_empty() {
+        Ok(TemplateSpec {
+            description,
+            schema_prefix,
+            tables,
+            indexes,
+            functions,
+            timescale_tables,
+            partitioned_tables,
+            shared_tables,
+            shared_schema,
+            migrations,
+        })
+    } else {
+        Err(fail(problems))
+    }
+}
+
+/// `timescale_tables`: each a table of `tables`, with its time column and
+/// chunk interval.
+fn parse_timescale_tables(
+    spec: &Value,
+    find_table: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<TimescaleTable> {
     let mut timescale_tables = Vec::new();
     match spec.get("timescale_tables") {
         None | Some(Value::Null) => {}
@@ -504,8 +532,8 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
                     ));
                     continue;
                 }
-                let n = object_field(item, &at, "name", &mut problems);
-                let col = object_field(item, &at, "time_column", &mut problems);
+                let n = object_field(item, &at, "name", problems);
+                let col = object_field(item, &at, "time_column", problems);
                 let chunk = match item.get("chunk_interval") {
                     None | Some(Value::Null) => Some("7 days"),
                     Some(Value::String(s)) if is_simple_interval(s) => Some(s.as_str()),
@@ -567,7 +595,17 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
             "must be an array of objects",
         )),
     }
+    timescale_tables
+}
 
+/// `partitioned_tables`: each a table of `tables` declared PARTITION BY
+/// RANGE, with its unit, the partitions made ahead (3 unless said) and a
+/// retention.
+fn parse_partitioned_tables(
+    spec: &Value,
+    find_table: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<PartitionedTable> {
     let mut partitioned_tables = Vec::new();
     match spec.get("partitioned_tables") {
         None | Some(Value::Null) => {}
@@ -581,8 +619,8 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
                     ));
                     continue;
                 }
-                let n = object_field(item, &at, "name", &mut problems);
-                let col = object_field(item, &at, "column", &mut problems);
+                let n = object_field(item, &at, "name", problems);
+                let col = object_field(item, &at, "column", problems);
                 let unit = match item
                     .get("interval")
                     .and_then(Value::as_str)
@@ -660,23 +698,7 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
             "must be an array of objects",
         )),
     }
-
-    if problems.is_empty() {
-        Ok(TemplateSpec {
-            description,
-            schema_prefix,
-            tables,
-            indexes,
-            functions,
-            timescale_tables,
-            partitioned_tables,
-            shared_tables,
-            shared_schema,
-            migrations,
-        })
-    } else {
-        Err(fail(problems))
-    }
+    partitioned_tables
 }
 
 /// Templates shipped with the extension and loaded at `CREATE EXTENSION`,
