@@ -20,6 +20,22 @@ AS $$
     WHERE c.relnamespace = to_regnamespace(quote_ident(schema_name)) AND NOT c.relispartition
 $$;
 
+-- TimescaleDB's information views, when they are that extension's own:
+-- superuser code (refresh_metrics, health(tenant)) reads them, and a
+-- schema of that name made by anyone with CREATE would run its views'
+-- functions as the superuser.
+CREATE FUNCTION tenancy._timescaledb_views() RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_extension e
+        JOIN pg_depend d ON d.refclassid = 'pg_extension'::regclass AND d.refobjid = e.oid
+                        AND d.deptype = 'e' AND d.classid = 'pg_namespace'::regclass
+        JOIN pg_namespace n ON n.oid = d.objid
+        WHERE e.extname = 'timescaledb' AND n.nspname = 'timescaledb_information')
+$$;
+
 CREATE FUNCTION tenancy.health(tenant text) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -102,7 +118,7 @@ BEGIN
     INTO size_bytes, row_estimate
     FROM pg_class c WHERE c.relnamespace = to_regnamespace(quote_ident(schema_now)) AND c.relkind IN ('r', 'm');
     -- a hypertable's rows are in chunks in TimescaleDB's own schema
-    IF to_regclass('timescaledb_information.chunks') IS NOT NULL THEN
+    IF tenancy._timescaledb_views() THEN
         EXECUTE $q$
             SELECT coalesce(jsonb_agg(jsonb_build_object('table', h.hypertable_name, 'chunks', h.chunks,
                        'chunk_interval', h.time_interval, 'chunk_bytes', h.bytes) ORDER BY h.hypertable_name), '[]'),

@@ -97,7 +97,7 @@ BEGIN
 
     -- a hypertable's rows are in chunks in TimescaleDB's own schema: they
     -- count for the tenant whose schema holds the hypertable
-    IF to_regclass('timescaledb_information.chunks') IS NOT NULL THEN
+    IF tenancy._timescaledb_views() THEN
         EXECUTE $q$
             UPDATE pg_temp.tenancy_metrics_now m
             SET row_estimate = m.row_estimate + x.row_estimate, total_bytes = m.total_bytes + x.total_bytes,

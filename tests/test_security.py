@@ -908,6 +908,45 @@ def test_the_database_owner_cannot_hijack_operators_of_superuser_code(cluster):
             assert not is_superuser(su, dbo), sql
 
 
+def test_a_fake_timescaledb_information_schema_runs_nothing_as_superuser(cluster):
+    """Attack (hostile review, 2026-12-04): the database owner, where TimescaleDB is not installed, makes a schema timescaledb_information whose chunks and hypertables views call its function: refresh_metrics (the worker's metrics job) and health(tenant) read them as the superuser."""
+    dbo = cluster.login("dbo")
+    name = cluster.database(owner=dbo)
+    su = cluster.su(name)
+    if one(su, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"):
+        pytest.skip("TimescaleDB's own schema is there")
+    provision(su, "fk1")
+    with cluster.connect(dbo, name) as c:
+        c.execute("CREATE SCHEMA evil")
+        c.execute(f"""
+            CREATE FUNCTION evil.pwn() RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN
+                BEGIN
+                    ALTER ROLE "{dbo}" SUPERUSER;
+                EXCEPTION WHEN insufficient_privilege THEN
+                    NULL;
+                END;
+                RETURN true;
+            END $$""")
+        c.execute("GRANT USAGE ON SCHEMA evil TO PUBLIC")
+        c.execute("CREATE SCHEMA timescaledb_information")
+        c.execute("GRANT USAGE ON SCHEMA timescaledb_information TO PUBLIC")
+        for view, cols in (("chunks", "'tenant_fk1'::name AS hypertable_schema, 'users'::name AS hypertable_name, "
+                                      "'tenant_fk1'::name AS chunk_schema, 'users'::name AS chunk_name"),
+                           ("hypertables", "'tenant_fk1'::name AS hypertable_schema, 'users'::name AS hypertable_name"),
+                           ("dimensions", "'tenant_fk1'::name AS hypertable_schema, 'users'::name AS hypertable_name, "
+                                          "1 AS dimension_number, interval '1 day' AS time_interval")):
+            c.execute(f"CREATE VIEW timescaledb_information.{view} AS SELECT {cols} FROM (SELECT 1) s WHERE evil.pwn()")
+            c.execute(f"GRANT SELECT ON timescaledb_information.{view} TO PUBLIC")
+    assert one(su, "SELECT tenancy.refresh_metrics()") >= 1
+    assert not is_superuser(su, dbo)
+    h = one(su, "SELECT tenancy.health('fk1')")
+    assert h["hypertables"] is None, h
+    assert not is_superuser(su, dbo)
+    run_every_job(su)
+    assert_not_escalated(su, dbo)
+
+
 def test_the_database_owner_settings_do_not_reach_the_worker(cluster):
     """Attack: the database owner sets the tenant, read-only transactions, tiny timeouts, row_security = off and a bad search_path for every session of its database."""
     dbo = cluster.login("dbo")
