@@ -459,10 +459,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM tenancy.templates t WHERE t.name = migrate.template) THEN
         RAISE EXCEPTION 'template "%" does not exist', template USING ERRCODE = 'undefined_object';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM tenancy.templates t WHERE t.name = migrate.template AND t.version = to_version) THEN
-        RAISE EXCEPTION 'template "%" has no version %', template, to_version
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    -- (a version it does not have: _queue_migrations says so)
     SELECT array_agg(t.slug) INTO slugs FROM tenancy.tenants t
     WHERE t.template = migrate.template AND t.status <> 'dropped' AND t.isolation = 'schema';
     RETURN tenancy._queue_migrations(template, coalesce(slugs, '{}'), to_version, options, false);

@@ -39,7 +39,7 @@ BEGIN
                    tbl, tenant_column, tenant_column);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', tbl, tenancy._db_role('all_tenants'));
     SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                   JOIN tenancy.templates tp ON coalesce(tp.spec->>'shared_schema', 'shared_' || tp.name) = n.nspname
+                   JOIN tenancy.templates tp ON tenancy._shared_schema_name(tp.name, tp.spec) = n.nspname
                    WHERE c.oid = tbl AND c.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = tenancy._db_role('owner')))
     INTO in_shared_schema;
     IF in_shared_schema THEN

@@ -1027,10 +1027,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM tenancy.templates t WHERE t.name = migrate.template) THEN
         RAISE EXCEPTION 'template "%" does not exist', template USING ERRCODE = 'undefined_object';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM tenancy.templates t WHERE t.name = migrate.template AND t.version = to_version) THEN
-        RAISE EXCEPTION 'template "%" has no version %', template, to_version
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    -- (a version it does not have: _queue_migrations says so)
     SELECT array_agg(t.slug) INTO slugs FROM tenancy.tenants t
     WHERE t.template = migrate.template AND t.status <> 'dropped' AND t.isolation = 'schema';
     RETURN tenancy._queue_migrations(template, coalesce(slugs, '{}'), to_version, options, false);
@@ -1279,7 +1276,7 @@ BEGIN
                    tbl, tenant_column, tenant_column);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', tbl, tenancy._db_role('all_tenants'));
     SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                   JOIN tenancy.templates tp ON coalesce(tp.spec->>'shared_schema', 'shared_' || tp.name) = n.nspname
+                   JOIN tenancy.templates tp ON tenancy._shared_schema_name(tp.name, tp.spec) = n.nspname
                    WHERE c.oid = tbl AND c.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = tenancy._db_role('owner')))
     INTO in_shared_schema;
     IF in_shared_schema THEN
