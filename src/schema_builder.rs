@@ -136,15 +136,19 @@ pub fn ensure_shared_schema(template: &Template) -> String {
         )));
     }
     // an existing schema of that name is used only if tenancy made it (the
-    // owner role's, or a superuser's before 0.3.0): a database owner's
-    // schema made ahead of the first shared tenant would get its rows
+    // owner role's, or a superuser's in a catalog still before 0.3.0): a
+    // database owner's schema made ahead of the first shared tenant would
+    // get its rows, and another extension's (tenancy's own, pg_cron's) would
+    // have its tables taken for shared tables
+    let legacy = crate::roles::legacy_catalog();
     let usable = || {
         let owner_ok = catalog::one_or_none(Spi::get_one_with_args::<bool>(
-            "SELECT r.rolname = $2 OR r.rolsuper FROM pg_catalog.pg_namespace n \
+            "SELECT r.rolname = $2 OR (r.rolsuper AND $3) FROM pg_catalog.pg_namespace n \
              JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner WHERE n.nspname = $1",
             &[
                 schema.as_str().into(),
                 crate::roles::owner_role().as_str().into(),
+                legacy.into(),
             ],
         ));
         match owner_ok {

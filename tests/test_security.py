@@ -1024,6 +1024,38 @@ def test_the_database_owner_cannot_make_the_shared_schema_first(cluster):
     assert lookup(su, "first") is None
 
 
+@pytest.mark.parametrize("key, name", [("shared_schema", "tenancy"), ("shared_schema", "timescaledb_information"),
+                                       ("shared_schema", "information_schema"), ("schema_prefix", "tenancy_")])
+def test_the_admin_cannot_point_a_template_at_a_reserved_schema(db, cluster, key, name):
+    """Attack (hostile review, 2026-12-04): an admin's template puts its shared tables in tenancy's own schema (tenancy's tables are then counted, and deleted from, as shared tables; the tenant can never be dropped), in a schema the superuser's code reads (timescaledb_information: see above), or names tenant schemas tenancy_<slug> (tenancy_saved blocks DROP EXTENSION)."""
+    admin = cluster.admin(db)
+    spec = {"tables": ["CREATE TABLE t (id int)"], "shared_tables": ["CREATE TABLE notes (tenant_id uuid NOT NULL)"],
+            key: name}
+    with cluster.connect(admin) as c:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=key):
+            c.execute("SELECT tenancy.register_template('reserved', %s::jsonb)", (json.dumps(spec),))
+    assert one(db, "SELECT count(*) FROM tenancy.templates WHERE name = 'reserved'") == 0
+
+
+def test_a_superusers_schema_is_not_taken_for_the_shared_schema(db, cluster):
+    """Attack: an admin's template names as its shared schema one that a superuser made (another extension's, such as pg_cron's cron), so that its tables are taken for shared tables."""
+    db.execute("CREATE SCHEMA su_ext")
+    db.execute("CREATE TABLE su_ext.jobs (tenant_id uuid, payload text)")
+    db.execute("INSERT INTO su_ext.jobs VALUES (gen_random_uuid(), 'kept')")
+    admin = cluster.admin(db)
+    spec = {"shared_tables": ["CREATE TABLE notes (tenant_id uuid NOT NULL)"], "shared_schema": "su_ext"}
+    try:
+        with cluster.connect(admin) as c:
+            c.execute("SELECT tenancy.register_template('su_ext', %s::jsonb)", (json.dumps(spec),))
+            with refused():
+                c.execute("""SELECT tenancy.provision('sx1', NULL, 'su_ext', '{"isolation": "shared"}')""")
+        assert lookup(db, "sx1") is None
+        assert one(db, "SELECT count(*) FROM su_ext.jobs") == 1
+        assert one(db, "SELECT relrowsecurity FROM pg_class WHERE oid = 'su_ext.jobs'::regclass") is False
+    finally:
+        db.execute("DROP SCHEMA su_ext CASCADE")
+
+
 def test_a_schema_named_like_the_trash_is_not_dropped_by_the_worker(db, fresh_db, cluster):
     """Attack: a user with CREATE on the database names its schema tenancy_trash_... so the superuser's worker drops it, CASCADE."""
     user = cluster.login("decoy")

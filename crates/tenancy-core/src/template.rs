@@ -59,6 +59,21 @@ impl PartitionUnit {
     }
 }
 
+/// Schema names a template may not give its tenants' schemas (as a prefix)
+/// or its shared tables: PostgreSQL's, tenancy's own (`tenancy`,
+/// `tenancy_trash_*`, `tenancy_arch_*`, `tenancy_saved`, ...), and those the
+/// superuser's code reads (TimescaleDB's, the information schema). A
+/// template's schema of such a name would be taken for theirs.
+pub fn is_reserved_schema_name(name: &str) -> bool {
+    ["pg_", "tenancy", "timescaledb", "_timescaledb"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || name == "information_schema"
+}
+
+const RESERVED_SCHEMA_NAMES: &str =
+    "not starting with pg_, tenancy, timescaledb or _timescaledb, nor information_schema";
+
 /// The schema of a template's shared tables: the one its spec names
 /// (`shared_schema`), or `shared_<template>`. SQL reads it through
 /// `tenancy._shared_schema_name`.
@@ -402,13 +417,15 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
     };
     let schema_prefix = match spec.get("schema_prefix") {
         None | Some(Value::Null) => DEFAULT_SCHEMA_PREFIX.to_string(),
-        Some(Value::String(p)) if is_simple_name(p) && p.len() <= 15 && !p.starts_with("pg_") => {
+        Some(Value::String(p))
+            if is_simple_name(p) && p.len() <= 15 && !is_reserved_schema_name(p) =>
+        {
             p.clone()
         }
         Some(_) => {
             problems.push(Problem::new(
                 "schema_prefix",
-                "must be a lowercase identifier of at most 15 characters, not starting with pg_",
+                format!("must be a lowercase identifier of at most 15 characters, {RESERVED_SCHEMA_NAMES}"),
             ));
             DEFAULT_SCHEMA_PREFIX.to_string()
         }
@@ -421,14 +438,16 @@ pub fn parse_spec(name: &str, spec: &Value) -> Result<TemplateSpec, TenancyError
     let shared_schema = match spec.get("shared_schema") {
         None | Some(Value::Null) => None,
         Some(Value::String(p))
-            if is_simple_name(p) && !p.starts_with("pg_") && !p.starts_with(&schema_prefix) =>
+            if is_simple_name(p)
+                && !is_reserved_schema_name(p)
+                && !p.starts_with(&schema_prefix) =>
         {
             Some(p.clone())
         }
         Some(_) => {
             problems.push(Problem::new(
                 "shared_schema",
-                "must be a lowercase identifier, not starting with pg_ or the tenant schema prefix",
+                format!("must be a lowercase identifier, not starting with the tenant schema prefix, {RESERVED_SCHEMA_NAMES}"),
             ));
             None
         }
@@ -738,6 +757,26 @@ mod tests {
                 parse_spec(name, &v).unwrap_or_else(|e| panic!("{name}: {e} {:?}", e.detail()));
             assert!(!spec.tables.is_empty(), "{name}");
         }
+    }
+
+    #[test]
+    fn reserved_schema_names_are_refused() {
+        for (key, name) in [
+            ("shared_schema", "tenancy"),
+            ("shared_schema", "tenancy_saved"),
+            ("shared_schema", "timescaledb_information"),
+            ("shared_schema", "_timescaledb_internal"),
+            ("shared_schema", "information_schema"),
+            ("shared_schema", "pg_x"),
+            ("schema_prefix", "tenancy_"),
+            ("schema_prefix", "pg_t"),
+        ] {
+            let p = problems(json!({"tables": ["CREATE TABLE a (id int)"], key: name}));
+            assert!(p.iter().any(|p| p.at == key), "{key} {name}: {p:?}");
+        }
+        let ok = json!({"tables": ["CREATE TABLE a (id int)"], "shared_schema": "app_shared",
+                        "schema_prefix": "org_"});
+        assert!(parse_spec("t", &ok).is_ok());
     }
 
     #[test]
