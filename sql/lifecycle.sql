@@ -30,14 +30,6 @@ AS $$
                      WHERE r.rolname = role_name AND d.datname = current_database()), false)
 $$;
 
--- The comment that marks a role as tenancy's for this database
--- (_is_own_role and _orphan_roles read it): what it is for, after the OID.
-CREATE FUNCTION tenancy._role_comment(what text) RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-RETURN format('tenancy role of database %s: %s (made in database %s)',
-              (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()), what, current_database());
-
 -- The name of one of this database's own roles: admin, all_tenants, owner, shared.
 CREATE FUNCTION tenancy._db_role(kind text) RETURNS name
 LANGUAGE sql STABLE
@@ -50,83 +42,6 @@ CREATE FUNCTION tenancy._audit(action text, t tenancy.tenants, details jsonb) RE
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT tenancy._audit_write(action, t.id, t.slug, details) $$;
-
--- The privileges a tenant's role has on its schema's objects (not on the
--- schema itself: USAGE is what suspend takes away and resume gives back):
--- reading and writing rows, never TRUNCATE, TRIGGER, REFERENCES or setval.
-CREATE FUNCTION tenancy._grant_tenant_objects(schema_name name, role_name name) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    nsp oid := to_regnamespace(quote_ident(schema_name));
-    tbls text;
-    seqs text;
-    fns text;
-BEGIN
-    -- The objects GRANT ... ON ALL ... IN SCHEMA would find, found through
-    -- pg_depend's index and granted by name: ON ALL scans the whole of
-    -- pg_class and pg_proc, 150 ms a claim at 10,000 tenants.
-    SELECT string_agg(c.oid::regclass::text, ', ') FILTER (WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')),
-           string_agg(c.oid::regclass::text, ', ') FILTER (WHERE c.relkind = 'S')
-    INTO tbls, seqs
-    FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
-    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_namespace'::regclass
-      AND d.refobjid = nsp AND d.deptype = 'n' AND c.relnamespace = nsp;
-    SELECT string_agg(p.oid::regprocedure::text, ', ') INTO fns
-    FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
-    WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_namespace'::regclass
-      AND d.refobjid = nsp AND d.deptype = 'n' AND p.pronamespace = nsp;
-    IF tbls IS NOT NULL THEN
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE %s TO %I', tbls, role_name);
-    END IF;
-    IF seqs IS NOT NULL THEN
-        EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', seqs, role_name);
-    END IF;
-    IF fns IS NOT NULL THEN
-        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %I', fns, role_name);
-    END IF;
-END
-$$;
-
--- Makes a tenant's role (never an existing one: a role tenancy did not make
--- for this tenant must not be handed its data) and gives it its schema:
--- USAGE, and default privileges for what the owner role makes there later
--- (a migration), so that it is the tenant's to use without a GRANT. With
--- existing_objects, also grants on what the schema already holds (a schema
--- claimed from the warm pool). A shared tenant's role instead joins the
--- role that holds the grants on the shared tables that have a policy.
-CREATE FUNCTION tenancy._setup_tenant_role(schema_name name, role_name name,
-                                           existing_objects boolean DEFAULT true,
-                                           shared boolean DEFAULT false) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    owner name := tenancy._db_role('owner');
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
-        RAISE EXCEPTION 'role "%" already exists', role_name
-            USING ERRCODE = 'duplicate_object',
-                  DETAIL = 'tenancy makes a new role for each tenant and never hands a tenant an existing role.',
-                  HINT = 'Drop or rename that role first.';
-    END IF;
-    EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
-    EXECUTE format('COMMENT ON ROLE %I IS %L', role_name,
-                   tenancy._role_comment(format('tenant, schema %s', schema_name)));
-    IF shared THEN
-        EXECUTE format('GRANT %I TO %I', tenancy._db_role('shared'), role_name);
-        RETURN;
-    END IF;
-    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', schema_name, role_name);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I', owner, schema_name, role_name);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT USAGE ON SEQUENCES TO %I', owner, schema_name, role_name);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT EXECUTE ON ROUTINES TO %I', owner, schema_name, role_name);
-    IF existing_objects THEN
-        PERFORM tenancy._grant_tenant_objects(schema_name, role_name);
-    END IF;
-END
-$$;
 
 -- Gives a tenant's role its access back (resume), or takes it (suspend,
 -- archive): USAGE on its schema, or for a shared tenant its membership in

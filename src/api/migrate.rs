@@ -70,7 +70,7 @@ pub fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
         }
     });
     // objects the migration made are the tenant role's already: the schema
-    // has default privileges for it (see _setup_tenant_role)
+    // has default privileges for it (see roles::setup_tenant_role)
     Spi::run_with_args(
         "UPDATE tenancy.tenants SET template_version = $2, updated_at = now() WHERE id = $1",
         &[tenant_id.into(), to_version.into()],

@@ -21,9 +21,16 @@ pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
-/// Quotes a string literal (standard_conforming_strings on, as since 9.1).
+/// Quotes a string literal as PostgreSQL's `quote_literal` does: a value
+/// with a backslash becomes an `E'...'` string with the backslash doubled,
+/// so it reads the same whatever a session set standard_conforming_strings to.
 pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let quoted = value.replace('\'', "''");
+    if value.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 /// A lower-case name that needs no quoting: `^[a-z_][a-z0-9_]*$`, at most 63 bytes.
@@ -44,6 +51,7 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(qualified("s", "t"), "\"s\".\"t\"");
         assert_eq!(quote_literal("o'neil"), "'o''neil'");
+        assert_eq!(quote_literal("a\\'b"), "E'a\\\\''b'");
     }
 
     #[test]
