@@ -149,6 +149,13 @@ BEGIN
              AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP
         EXECUTE format('DROP SCHEMA %I CASCADE', s);
     END LOOP;
+    -- and their roles (this database's, by their name and comment)
+    FOR s IN SELECT pr.rolname FROM pg_roles pr
+             WHERE pr.rolname LIKE 'tenancy\_pool\_' || (SELECT d.oid FROM pg_database d
+                                                         WHERE d.datname = current_database()) || '\_%'
+               AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.role_name = pr.rolname) LOOP
+        PERFORM tenancy._drop_tenant_role(s);
+    END LOOP;
     DROP TABLE tenancy_saved.catalog;
     DROP SCHEMA tenancy_saved;
     PERFORM tenancy._wake_worker();

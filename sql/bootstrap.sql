@@ -160,7 +160,10 @@ CREATE TABLE tenancy.pool (
     template         text        NOT NULL,
     template_version integer     NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    FOREIGN KEY (template, template_version) REFERENCES tenancy.templates (name, version)
+    FOREIGN KEY (template, template_version) REFERENCES tenancy.templates (name, version),
+    -- the role built with it (its grants and default privileges in place),
+    -- renamed to the tenant's at the claim; NULL for schemas built before 0.4.0
+    role_name        name
 );
 CREATE INDEX pool_claim_idx ON tenancy.pool (template, template_version, created_at);
 SELECT pg_catalog.pg_extension_config_dump('tenancy.pool_settings', '');

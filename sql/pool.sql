@@ -52,7 +52,7 @@ DECLARE
 BEGIN
     -- stale (older template version) or more than the size: drop one
     FOR p IN
-        SELECT pl.schema_name FROM tenancy.pool pl
+        SELECT pl.schema_name, pl.role_name FROM tenancy.pool pl
         LEFT JOIN tenancy.pool_settings ps ON ps.template = pl.template
         WHERE pl.template_version < (SELECT max(version) FROM tenancy.templates t WHERE t.name = pl.template)
            OR coalesce(ps.size, 0) < (SELECT count(*) FROM tenancy.pool x WHERE x.template = pl.template)
@@ -61,6 +61,7 @@ BEGIN
         FOR UPDATE OF pl SKIP LOCKED
     LOOP
         EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', p.schema_name);
+        PERFORM tenancy._drop_tenant_role(p.role_name);
         DELETE FROM tenancy.pool WHERE schema_name = p.schema_name;
         RETURN true;
     END LOOP;

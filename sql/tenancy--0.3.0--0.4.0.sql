@@ -23,6 +23,9 @@ DROP FUNCTION tenancy._retry_backoff_ms(integer, double precision, double precis
 DROP FUNCTION tenancy._premake_partitions(name, name, text, integer);
 DROP FUNCTION tenancy._uuid_or_null(text);
 DROP FUNCTION tenancy._queue_migrations(text, text[], integer, integer, boolean);
+-- a pooled schema is built with its role, which the claim renames
+ALTER TABLE tenancy.pool ADD COLUMN role_name name;
+
 -- a tenant's role is made by the library, in one statement string
 DROP FUNCTION tenancy._setup_tenant_role(name, name, boolean, boolean);
 DROP FUNCTION tenancy._grant_tenant_objects(name, name);
@@ -589,7 +592,7 @@ DECLARE
 BEGIN
     -- stale (older template version) or more than the size: drop one
     FOR p IN
-        SELECT pl.schema_name FROM tenancy.pool pl
+        SELECT pl.schema_name, pl.role_name FROM tenancy.pool pl
         LEFT JOIN tenancy.pool_settings ps ON ps.template = pl.template
         WHERE pl.template_version < (SELECT max(version) FROM tenancy.templates t WHERE t.name = pl.template)
            OR coalesce(ps.size, 0) < (SELECT count(*) FROM tenancy.pool x WHERE x.template = pl.template)
@@ -598,6 +601,7 @@ BEGIN
         FOR UPDATE OF pl SKIP LOCKED
     LOOP
         EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', p.schema_name);
+        PERFORM tenancy._drop_tenant_role(p.role_name);
         DELETE FROM tenancy.pool WHERE schema_name = p.schema_name;
         RETURN true;
     END LOOP;
@@ -1996,6 +2000,13 @@ BEGIN
     FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE 'tenancy\_pool\_%'
              AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP
         EXECUTE format('DROP SCHEMA %I CASCADE', s);
+    END LOOP;
+    -- and their roles (this database's, by their name and comment)
+    FOR s IN SELECT pr.rolname FROM pg_roles pr
+             WHERE pr.rolname LIKE 'tenancy\_pool\_' || (SELECT d.oid FROM pg_database d
+                                                         WHERE d.datname = current_database()) || '\_%'
+               AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.role_name = pr.rolname) LOOP
+        PERFORM tenancy._drop_tenant_role(s);
     END LOOP;
     DROP TABLE tenancy_saved.catalog;
     DROP SCHEMA tenancy_saved;

@@ -251,18 +251,7 @@ pub fn setup_tenant_role(schema: &str, role: &str, existing_objects: bool, share
         .or_raise();
         return;
     }
-    let exists = crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1)",
-        &[role.into()],
-    ));
-    if exists == Some(true) {
-        raise_with(
-            sqlstate("42710"),
-            format!("role \"{role}\" already exists"),
-            Some("tenancy makes a new role for each tenant and never hands a tenant an existing role.".into()),
-            Some("Drop or rename that role first.".into()),
-        );
-    }
+    refuse_existing_role(role);
     let r = quote_ident(role);
     let s = quote_ident(schema);
     let mut sql = format!(
@@ -284,6 +273,55 @@ pub fn setup_tenant_role(schema: &str, role: &str, existing_objects: bool, share
         sql += &grants_on_existing_objects(schema, &r);
     }
     Spi::run(&sql).or_raise();
+}
+
+/// The role a pooled schema is built with, until a tenant claims it: this
+/// database's (its OID in the name), and never a tenant's name (those start
+/// `t<oid>_`).
+pub fn pool_role(id: &str) -> String {
+    format!("tenancy_pool_{}_{id}", db_oid())
+}
+
+/// Renames a pooled schema's role to its tenant's, with the comment that
+/// names the tenant's schema; false (nothing done) when that role is not
+/// this database's pool role as tenancy made it, and the tenant's role must
+/// be made instead. The tenant's name taken is refused as setup_tenant_role
+/// refuses it.
+pub fn take_pool_role(pooled: &str, role: &str, schema: &str) -> bool {
+    let own = pooled.starts_with(&pool_role(""))
+        && crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
+            "SELECT tenancy._is_own_role($1)",
+            &[pooled.into()],
+        ))
+        .unwrap_or(false);
+    if !own {
+        return false;
+    }
+    refuse_existing_role(role);
+    let r = quote_ident(role);
+    Spi::run(&format!(
+        "ALTER ROLE {} RENAME TO {r}; COMMENT ON ROLE {r} IS {};",
+        quote_ident(pooled),
+        quote_literal(&role_comment(&format!("tenant, schema {schema}")))
+    ))
+    .or_raise();
+    true
+}
+
+/// A role of that name exists: tenancy never hands a tenant an existing role.
+fn refuse_existing_role(role: &str) {
+    let exists = crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1)",
+        &[role.into()],
+    ));
+    if exists == Some(true) {
+        raise_with(
+            sqlstate("42710"),
+            format!("role \"{role}\" already exists"),
+            Some("tenancy makes a new role for each tenant and never hands a tenant an existing role.".into()),
+            Some("Drop or rename that role first.".into()),
+        );
+    }
 }
 
 /// The privileges a tenant's role has on what its schema holds already (a

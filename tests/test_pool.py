@@ -42,11 +42,18 @@ def ready(db, template="default"):
 
 
 def pool_is_consistent(db):
-    """No pooled schema without its row, no row without its schema."""
+    """No pooled schema without its row, no row without its schema; and the
+    same of the roles pooled schemas are built with (this database's)."""
     return db.execute(
         r"""SELECT count(*) FROM pg_namespace n FULL JOIN tenancy.pool p ON p.schema_name = n.nspname
             WHERE (n.nspname LIKE 'tenancy\_pool\_%' OR p.schema_name IS NOT NULL)
               AND (n.oid IS NULL OR p.schema_name IS NULL)"""
+    ).fetchone()[0] == 0 and db.execute(
+        r"""SELECT count(*) FROM (SELECT r.rolname FROM pg_roles r
+                                  WHERE r.rolname LIKE 'tenancy\_pool\_' || (SELECT oid FROM pg_database
+                                                                             WHERE datname = current_database()) || '\_%') r
+            FULL JOIN tenancy.pool p ON p.role_name = r.rolname
+            WHERE r.rolname IS NULL OR p.role_name IS NULL"""
     ).fetchone()[0] == 0
 
 
@@ -69,6 +76,10 @@ def test_pool_fills_claims_and_refills(db):
     pooled = objects(db, "tenant_pooled")
     assert pooled == objects(db, "tenant_built")
     assert all(r[2] == "True" for r in pooled), pooled
+    # its role was built with the schema and renamed: marked as this tenant's
+    assert "tenant, schema tenant_pooled" in db.execute(
+        "SELECT shobj_description(r.oid, 'pg_authid') FROM pg_roles r JOIN tenancy.tenants t ON t.role_name = r.rolname "
+        "WHERE t.slug = 'pooled'").fetchone()[0]
     assert ("users", "r") in {r[:2] for r in pooled} and \
         next(r[5] for r in pooled if r[:2] == ("users", "r")).count("<tenant> ") == 4, pooled
     assert pool_is_consistent(db)

@@ -8,40 +8,101 @@ use crate::schema_builder::{build_schema, check_prerequisites};
 use pgrx::prelude::*;
 use tenancy_core::ident::quote_ident;
 
-/// Builds one pooled schema of the newest version of `template`.
+/// Builds one pooled schema of the newest version of `template`, with the
+/// role its tenant will have: made as a tenant's is (its grants and default
+/// privileges in place), under a name of this database's pool, renamed to
+/// the tenant's at the claim. A claim is then a rename of each.
 #[pg_extern(name = "_pool_build")]
 fn pool_build(template: &str) -> String {
     let t = catalog::latest_template(template);
     let ts = check_prerequisites(&t);
-    let schema = one_or_none(Spi::get_one::<String>(
-        "SELECT 'tenancy_pool_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)",
+    let id = one_or_none(Spi::get_one::<String>(
+        "SELECT substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)",
     ))
     .expect("a name");
-    build_schema(&t, &schema, ts.as_deref(), None);
+    let schema = format!("tenancy_pool_{id}");
+    // (a catalog not yet updated to 0.4.0 has no place for the role)
+    let role = pool_has_roles().then(|| crate::roles::pool_role(&id));
+    build_schema(&t, &schema, ts.as_deref(), role.as_deref());
+    let columns = if role.is_some() { ", role_name" } else { "" };
+    let values = if role.is_some() { ", $4" } else { "" };
+    let mut args = vec![
+        schema.as_str().into(),
+        t.name.as_str().into(),
+        t.version.into(),
+    ];
+    if let Some(r) = &role {
+        args.push(r.as_str().into());
+    }
     Spi::run_with_args(
-        "INSERT INTO tenancy.pool (schema_name, template, template_version) VALUES ($1, $2, $3)",
-        &[
-            schema.as_str().into(),
-            t.name.as_str().into(),
-            t.version.into(),
-        ],
+        &format!(
+            "INSERT INTO tenancy.pool (schema_name, template, template_version{columns}) VALUES ($1, $2, $3{values})"
+        ),
+        &args,
     )
     .or_raise();
     schema
 }
 
+thread_local! {
+    static POOL_HAS_ROLES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This database's `tenancy.pool` has the role column (0.4.0 on): asked
+/// until it is so, then known for the rest of this backend's life.
+fn pool_has_roles() -> bool {
+    if POOL_HAS_ROLES.with(|c| c.get()) {
+        return true;
+    }
+    let has = one_or_none(Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+         WHERE attrelid OPERATOR(pg_catalog.=) 'tenancy.pool'::pg_catalog.regclass \
+           AND attname OPERATOR(pg_catalog.=) 'role_name' AND NOT attisdropped)",
+    ))
+    .unwrap_or(false);
+    POOL_HAS_ROLES.with(|c| c.set(has));
+    has
+}
+
+/// What a claim found in the pool.
+pub enum Claim {
+    /// Nothing ready: the caller builds.
+    Empty,
+    /// A schema, renamed to the tenant's; its role still to be made.
+    Schema,
+    /// A schema and its role, both renamed to the tenant's.
+    SchemaAndRole,
+}
+
 /// Takes a ready schema of this template version out of the pool and renames
-/// it to `schema`; false when the pool has none (the caller builds instead).
-pub fn claim(template: &Template, schema: &str) -> bool {
-    let pooled = one_or_none(Spi::get_one_with_args::<String>(
-        "DELETE FROM tenancy.pool WHERE schema_name = (\
-             SELECT schema_name FROM tenancy.pool WHERE template = $1 AND template_version = $2 \
-             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING schema_name::text",
-        &[template.name.as_str().into(), template.version.into()],
-    ));
-    let Some(pooled) = pooled else {
-        return false;
+/// it to `schema`, and its role (when it was built with one, for this
+/// database) to `role`.
+pub fn claim(template: &Template, schema: &str, role: &str) -> Claim {
+    let returning = if pool_has_roles() {
+        "RETURNING schema_name::text, role_name::text"
+    } else {
+        "RETURNING schema_name::text, NULL::text"
+    };
+    let pooled = Spi::connect_mut(|c| {
+        let rows = c.update(
+            &format!(
+                "DELETE FROM tenancy.pool WHERE schema_name = (\
+                     SELECT schema_name FROM tenancy.pool WHERE template = $1 AND template_version = $2 \
+                     ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) {returning}"
+            ),
+            Some(1),
+            &[template.name.as_str().into(), template.version.into()],
+        )?;
+        Ok::<_, pgrx::spi::Error>(if rows.is_empty() {
+            None
+        } else {
+            let row = rows.first();
+            Some((row.get::<String>(1)?, row.get::<String>(2)?))
+        })
+    })
+    .or_raise();
+    let Some((Some(pooled), pooled_role)) = pooled else {
+        return Claim::Empty;
     };
     Spi::run(&format!(
         "ALTER SCHEMA {} RENAME TO {}",
@@ -50,5 +111,8 @@ pub fn claim(template: &Template, schema: &str) -> bool {
     ))
     .or_raise();
     crate::worker::wake_on_commit(); // the worker refills the pool
-    true
+    match pooled_role {
+        Some(r) if crate::roles::take_pool_role(&r, role, schema) => Claim::SchemaAndRole,
+        _ => Claim::Schema,
+    }
 }

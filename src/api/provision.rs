@@ -65,12 +65,21 @@ pub fn provision_tenant(
     // a shared tenant's role gets the shared tables; a schema tenant's, its
     // schema: claimed from the pool (objects already there, so granted now)
     // or built with the role's default privileges in place
-    let pooled = !shared && options.pool && crate::api::pool::claim(&template, &schema);
-    if shared || pooled {
-        let access = shared_schema.as_deref().unwrap_or(&schema);
-        crate::roles::setup_tenant_role(access, role, true, shared);
+    use crate::api::pool::{claim, Claim};
+    let claimed = if !shared && options.pool {
+        claim(&template, &schema, role)
     } else {
-        build_schema(&template, &schema, timescale_schema.as_deref(), Some(role));
+        Claim::Empty
+    };
+    let pooled = !matches!(claimed, Claim::Empty);
+    match claimed {
+        Claim::SchemaAndRole => {}
+        Claim::Schema => crate::roles::setup_tenant_role(&schema, role, true, false),
+        Claim::Empty if shared => {
+            let access = shared_schema.as_deref().unwrap_or(&schema);
+            crate::roles::setup_tenant_role(access, role, true, true)
+        }
+        Claim::Empty => build_schema(&template, &schema, timescale_schema.as_deref(), Some(role)),
     }
 
     catalog::audit(AuditEntry {
