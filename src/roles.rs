@@ -288,16 +288,28 @@ pub fn pool_role(id: &str) -> String {
 /// be made instead. The tenant's name taken is refused as setup_tenant_role
 /// refuses it.
 pub fn take_pool_role(pooled: &str, role: &str, schema: &str) -> bool {
-    let own = pooled.starts_with(&pool_role(""))
-        && crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
-            "SELECT tenancy._is_own_role($1)",
-            &[pooled.into()],
-        ))
-        .unwrap_or(false);
-    if !own {
+    if !pooled.starts_with(&pool_role("")) {
         return false;
     }
-    refuse_existing_role(role);
+    // one look: is the pooled role tenancy's, and is the tenant's name free?
+    let (own, taken) = Spi::connect(|c| {
+        let row = c
+            .select(
+                "SELECT tenancy._is_own_role($1), \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $2)",
+                Some(1),
+                &[pooled.into(), role.into()],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::Error>((row.get::<bool>(1)?, row.get::<bool>(2)?))
+    })
+    .or_raise();
+    if own != Some(true) {
+        return false;
+    }
+    if taken == Some(true) {
+        refuse_existing_role(role);
+    }
     let r = quote_ident(role);
     Spi::run(&format!(
         "ALTER ROLE {} RENAME TO {r}; COMMENT ON ROLE {r} IS {};",
