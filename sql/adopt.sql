@@ -145,14 +145,17 @@ BEGIN
              WHERE x.isolation = 'shared' AND x.status <> 'dropped' LOOP
         PERFORM tenancy._enable_rls(tbl) FROM tenancy._shared_tables(s) tbl;
     END LOOP;
-    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE 'tenancy\_pool\_%'
-             AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP
+    -- (only what the pool made: its name, and the owner role's)
+    FOR s IN SELECT n.nspname FROM pg_namespace n
+             WHERE n.nspname ~ '^tenancy_pool_[0-9a-f]{16}$'
+               AND n.nspowner = (SELECT ow.oid FROM pg_roles ow WHERE ow.rolname = tenancy._db_role('owner'))
+               AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.schema_name = n.nspname) LOOP
         EXECUTE format('DROP SCHEMA %I CASCADE', s);
     END LOOP;
     -- and their roles (this database's, by their name and comment)
     FOR s IN SELECT pr.rolname FROM pg_roles pr
-             WHERE pr.rolname LIKE 'tenancy\_pool\_' || (SELECT d.oid FROM pg_database d
-                                                         WHERE d.datname = current_database()) || '\_%'
+             WHERE pr.rolname ~ ('^tenancy_pool_' || (SELECT d.oid FROM pg_database d
+                                                      WHERE d.datname = current_database()) || '_[0-9a-f]{16}$')
                AND NOT EXISTS (SELECT 1 FROM tenancy.pool p WHERE p.role_name = pr.rolname) LOOP
         PERFORM tenancy._drop_tenant_role(s);
     END LOOP;

@@ -282,34 +282,32 @@ pub fn pool_role(id: &str) -> String {
     format!("tenancy_pool_{}_{id}", db_oid())
 }
 
-/// Renames a pooled schema's role to its tenant's, with the comment that
-/// names the tenant's schema; false (nothing done) when that role is not
-/// this database's pool role as tenancy made it, and the tenant's role must
-/// be made instead. The tenant's name taken is refused as setup_tenant_role
-/// refuses it.
-pub fn take_pool_role(pooled: &str, role: &str, schema: &str) -> bool {
-    if !pooled.starts_with(&pool_role("")) {
-        return false;
-    }
-    // one look: is the pooled role tenancy's, and is the tenant's name free?
-    let (own, taken) = Spi::connect(|c| {
-        let row = c
-            .select(
-                "SELECT tenancy._is_own_role($1), \
-                        EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $2)",
-                Some(1),
-                &[pooled.into(), role.into()],
-            )?
-            .first();
-        Ok::<_, pgrx::spi::Error>((row.get::<bool>(1)?, row.get::<bool>(2)?))
-    })
-    .or_raise();
-    if own != Some(true) {
-        return false;
-    }
-    if taken == Some(true) {
-        refuse_existing_role(role);
-    }
+/// A pooled schema's role is as the pool built it: under its name, this
+/// database's pool's, no superuser, no login or other attribute, a member
+/// of nothing and with no member, and the comment it was made with.
+pub fn pool_role_untouched(pooled_role: &str, pooled_schema: &str) -> bool {
+    pooled_role.starts_with(&pool_role(""))
+        && crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
+            "SELECT NOT (r.rolsuper OR r.rolcanlogin OR r.rolcreaterole OR r.rolcreatedb \
+                         OR r.rolreplication OR r.rolbypassrls) \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
+                                    WHERE m.roleid OPERATOR(pg_catalog.=) r.oid \
+                                       OR m.member OPERATOR(pg_catalog.=) r.oid) \
+                    AND pg_catalog.shobj_description(r.oid, 'pg_authid') OPERATOR(pg_catalog.=) $2 \
+             FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1",
+            &[
+                pooled_role.into(),
+                role_comment(&format!("tenant, schema {pooled_schema}")).into(),
+            ],
+        ))
+        .unwrap_or(false)
+}
+
+/// Renames a pooled schema's role (untouched, see above) to its tenant's,
+/// with the comment that names the tenant's schema. The tenant's name taken
+/// is refused as setup_tenant_role refuses it.
+pub fn take_pool_role(pooled: &str, role: &str, schema: &str) {
+    refuse_existing_role(role);
     let r = quote_ident(role);
     Spi::run(&format!(
         "ALTER ROLE {} RENAME TO {r}; COMMENT ON ROLE {r} IS {};",
@@ -317,7 +315,6 @@ pub fn take_pool_role(pooled: &str, role: &str, schema: &str) -> bool {
         quote_literal(&role_comment(&format!("tenant, schema {schema}")))
     ))
     .or_raise();
-    true
 }
 
 /// A role of that name exists: tenancy never hands a tenant an existing role.

@@ -1056,6 +1056,60 @@ def test_a_superusers_schema_is_not_taken_for_the_shared_schema(db, cluster):
         db.execute("DROP SCHEMA su_ext CASCADE")
 
 
+def wait_pool(conn, n):
+    wait_for(lambda: one(conn, "SELECT coalesce((SELECT ready FROM tenancy.pool_status WHERE template = 'default'), 0)") >= n,
+             what="the pool to fill")
+
+
+@pytest.mark.parametrize("tamper", ["member", "rename", "comment"])
+def test_a_tampered_pooled_role_is_not_handed_to_a_tenant(db, cluster, tamper):
+    """Attack (hostile review, 2026-12-04): a user with CREATEROLE makes itself a member of the role a pooled schema was built with (or renames it away first, or changes its comment), so that it holds the rights of the tenant who claims that schema."""
+    cr = cluster.login("cr")
+    db.execute(f'ALTER ROLE "{cr}" CREATEROLE')
+    db.execute("SELECT tenancy.set_pool_size('default', 2)")
+    wait_pool(db, 2)
+    pooled = one(db, "SELECT role_name FROM tenancy.pool ORDER BY created_at LIMIT 1")
+    taken = pooled
+    with cluster.connect(cr) as c:
+        if tamper == "rename":
+            taken = f"{cr}_kept"
+            c.execute(f'ALTER ROLE "{pooled}" RENAME TO "{taken}"')
+        if tamper == "comment":
+            c.execute(f"COMMENT ON ROLE \"{pooled}\" IS 'mine'")
+        c.execute(f'GRANT "{taken}" TO "{cr}"')
+    cluster.track_role(taken)
+    provision(db, "tk1")
+    t = lookup(db, "tk1")
+    assert one(db, "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                   "WHERE r.rolname = %s", (t.role,)) == 0
+    assert not is_member(db, cr, t.role)
+    # the tampered role has no right left on the tenant's schema or its tables
+    assert not one(db, "SELECT has_schema_privilege(%s, %s, 'USAGE')", (taken, t.schema))
+    assert one(db, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                   "WHERE n.nspname = %s AND has_table_privilege(%s, c.oid, 'SELECT')", (t.schema, taken)) == 0
+    with cluster.connect(cr) as c:
+        c.execute(f'SET ROLE "{taken}"')
+        with refused("42501"):
+            c.execute(f'SELECT * FROM "{t.schema}".users')
+    db.execute("SELECT tenancy.set_pool_size('default', 0)")
+
+
+def test_adopt_drops_only_what_the_pool_made(cluster):
+    """Attack (hostile review, 2026-12-04): the database owner names a schema of its own like a pooled one, so that adopt_schemas (the superuser's, after DROP EXTENSION) drops it with its data."""
+    dbo = cluster.login("dbo")
+    name = cluster.database(owner=dbo)
+    with cluster.connect(dbo, name) as c:
+        c.execute("CREATE SCHEMA tenancy_pool_0123456789abcdef")
+        c.execute("CREATE TABLE tenancy_pool_0123456789abcdef.precious (x int)")
+        c.execute("INSERT INTO tenancy_pool_0123456789abcdef.precious VALUES (1)")
+    su = cluster.su(name)
+    provision(su, "ad1")
+    su.execute("DROP EXTENSION tenancy")
+    su.execute("CREATE EXTENSION tenancy")
+    su.execute("SELECT * FROM tenancy.adopt_schemas()")
+    assert one(su, "SELECT count(*) FROM tenancy_pool_0123456789abcdef.precious") == 1
+
+
 def test_a_schema_named_like_the_trash_is_not_dropped_by_the_worker(db, fresh_db, cluster):
     """Attack: a user with CREATE on the database names its schema tenancy_trash_... so the superuser's worker drops it, CASCADE."""
     user = cluster.login("decoy")

@@ -104,15 +104,28 @@ pub fn claim(template: &Template, schema: &str, role: &str) -> Claim {
     let Some((Some(pooled), pooled_role)) = pooled else {
         return Claim::Empty;
     };
+    crate::worker::wake_on_commit(); // the worker refills the pool
+    if let Some(r) = &pooled_role {
+        if !crate::roles::pool_role_untouched(r, &pooled) {
+            // Its role was renamed, given a member, a login or another
+            // comment since it was built (a CREATEROLE user can): neither is
+            // handed to a tenant. The schema goes, and every right on it with
+            // it; the role is left as it is (it may be someone's now).
+            Spi::run(&format!("DROP SCHEMA {} CASCADE", quote_ident(&pooled))).or_raise();
+            return Claim::Empty;
+        }
+    }
     Spi::run(&format!(
         "ALTER SCHEMA {} RENAME TO {}",
         quote_ident(&pooled),
         quote_ident(schema)
     ))
     .or_raise();
-    crate::worker::wake_on_commit(); // the worker refills the pool
     match pooled_role {
-        Some(r) if crate::roles::take_pool_role(&r, role, schema) => Claim::SchemaAndRole,
-        _ => Claim::Schema,
+        Some(r) => {
+            crate::roles::take_pool_role(&r, role, schema);
+            Claim::SchemaAndRole
+        }
+        None => Claim::Schema,
     }
 }

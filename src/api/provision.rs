@@ -1,6 +1,7 @@
 //! `tenancy.provision`: one tenant, atomically, in the caller's transaction.
 //! The SQL wrapper in `sql/finalize.sql` returns the `tenancy.tenants` row.
 
+use crate::api::pool::{claim, Claim};
 use crate::catalog::{self, AuditEntry, NewTenant};
 use crate::error::{raise, OrRaise};
 use crate::schema_builder::{build_schema, check_prerequisites};
@@ -63,9 +64,9 @@ pub fn provision_tenant(
     };
 
     // a shared tenant's role gets the shared tables; a schema tenant's, its
-    // schema: claimed from the pool (objects already there, so granted now)
-    // or built with the role's default privileges in place
-    use crate::api::pool::{claim, Claim};
+    // schema: claimed from the pool with the role built with it (or, for a
+    // schema pooled before 0.4.0, a role made now and granted what is
+    // there), or built with the role's default privileges in place
     let claimed = if !shared && options.pool {
         claim(&template, &schema, role)
     } else {
