@@ -221,8 +221,14 @@ BEGIN
         BEGIN
             EXECUTE format('DROP ROLE %I', role);
             n := n + 1;
-        EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
-            NULL;  -- granted something elsewhere: left, and listed by health()
+        EXCEPTION
+            WHEN dependent_objects_still_exist OR insufficient_privilege THEN
+                NULL;  -- granted something elsewhere: left, and listed by health()
+            WHEN undefined_object OR internal_error THEN
+                -- dropped meanwhile by another database's maintenance (roles
+                -- are cluster-wide): DROP ROLE then fails with "tuple
+                -- concurrently deleted", an internal error
+                NULL;
         END;
     END LOOP;
     RETURN n;

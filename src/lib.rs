@@ -51,7 +51,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/metrics.sql",
     name = "metrics",
-    requires = ["maintenance"]
+    requires = ["maintenance", database_file_sizes]
 );
 extension_sql_file!("../sql/adopt.sql", name = "adopt", requires = ["metrics"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

@@ -2,6 +2,7 @@
 
 mod batches;
 mod health;
+mod metrics;
 pub mod migrate;
 pub mod pool;
 pub mod provision;
