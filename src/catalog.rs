@@ -31,17 +31,20 @@ pub fn latest_template(name: &str) -> Template {
 
 /// A version of a template (the newest when `None`), or 42704.
 pub fn template_version(name: &str, version: Option<i32>) -> Template {
-    let row = Spi::get_two_with_args::<i32, JsonB>(
+    let row = crate::kept_plans::run(
         "SELECT version, spec FROM tenancy.templates WHERE name = $1 AND ($2 IS NULL OR version = $2) \
          ORDER BY version DESC LIMIT 1",
         &[name.into(), version.into()],
+        |rows| {
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let row = rows.first();
+            Ok(row.get::<i32>(1)?.zip(row.get::<JsonB>(2)?))
+        },
     );
-    let (version, spec) = match row {
-        Ok((Some(v), Some(s))) => (v, s),
-        Ok(_) | Err(pgrx::spi::Error::InvalidPosition) => {
-            raise(TenancyError::UnknownTemplate(name.to_string()))
-        }
-        Err(e) => Err::<(i32, JsonB), _>(e).or_raise(),
+    let Some((version, spec)) = row else {
+        raise(TenancyError::UnknownTemplate(name.to_string()))
     };
     // A stored spec was checked when registered; parse it again to use it.
     let spec = parse_spec(name, &spec.0).or_raise();
@@ -98,7 +101,7 @@ pub struct NewTenant<'a> {
 /// transaction first, so exactly one of two racing callers gets a row.
 pub fn insert_tenant(t: &NewTenant) -> Option<Uuid> {
     let o = t.options;
-    one_or_none(Spi::get_one_with_args::<Uuid>(
+    crate::kept_plans::get_one::<Uuid>(
         "INSERT INTO tenancy.tenants AS t (slug, name, status, isolation, schema_name, role_name, \
              template, template_version, domain, email, tenant_type, settings, features, max_users, \
              max_storage_bytes, provisioned_at) \
@@ -120,7 +123,7 @@ pub fn insert_tenant(t: &NewTenant) -> Option<Uuid> {
             o.max_storage_bytes.into(),
             t.role_name.into(),
         ],
-    ))
+    )
 }
 
 pub struct ExistingTenant {
@@ -184,7 +187,7 @@ pub fn audit(e: AuditEntry) {
 }
 
 fn write_audit(e: AuditEntry, error: Option<&str>) {
-    Spi::run_with_args(
+    crate::kept_plans::run(
         "INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details, duration_ms, result, error) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
@@ -196,8 +199,8 @@ fn write_audit(e: AuditEntry, error: Option<&str>) {
             if error.is_some() { "error" } else { "ok" }.into(),
             error.into(),
         ],
+        |_| Ok(()),
     )
-    .or_raise()
 }
 
 #[pg_extern(name = "_audit_write")]

@@ -10,6 +10,7 @@ mod catalog;
 mod error;
 mod guc_scope;
 mod gucs;
+mod kept_plans;
 mod queue;
 mod roles;
 mod schema_builder;

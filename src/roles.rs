@@ -287,19 +287,24 @@ pub fn pool_role(id: &str) -> String {
 /// of nothing and with no member, and the comment it was made with.
 pub fn pool_role_untouched(pooled_role: &str, pooled_schema: &str) -> bool {
     pooled_role.starts_with(&pool_role(""))
-        && crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
+        && crate::kept_plans::get_one::<bool>(
+            // the comment read directly: shobj_description is a SQL function,
+            // planned anew on each call
             "SELECT NOT (r.rolsuper OR r.rolcanlogin OR r.rolcreaterole OR r.rolcreatedb \
                          OR r.rolreplication OR r.rolbypassrls) \
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
                                     WHERE m.roleid OPERATOR(pg_catalog.=) r.oid \
                                        OR m.member OPERATOR(pg_catalog.=) r.oid) \
-                    AND pg_catalog.shobj_description(r.oid, 'pg_authid') OPERATOR(pg_catalog.=) $2 \
+                    AND EXISTS (SELECT 1 FROM pg_catalog.pg_shdescription d \
+                                WHERE d.objoid OPERATOR(pg_catalog.=) r.oid \
+                                  AND d.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                                  AND d.description OPERATOR(pg_catalog.=) $2) \
              FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1",
             &[
                 pooled_role.into(),
                 role_comment(&format!("tenant, schema {pooled_schema}")).into(),
             ],
-        ))
+        )
         .unwrap_or(false)
 }
 
@@ -319,10 +324,10 @@ pub fn take_pool_role(pooled: &str, role: &str, schema: &str) {
 
 /// A role of that name exists: tenancy never hands a tenant an existing role.
 fn refuse_existing_role(role: &str) {
-    let exists = crate::catalog::one_or_none(Spi::get_one_with_args::<bool>(
+    let exists = crate::kept_plans::get_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1)",
         &[role.into()],
-    ));
+    );
     if exists == Some(true) {
         raise_with(
             sqlstate("42710"),

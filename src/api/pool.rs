@@ -78,29 +78,31 @@ pub enum Claim {
 /// it to `schema`, and its role (when it was built with one, for this
 /// database) to `role`.
 pub fn claim(template: &Template, schema: &str, role: &str) -> Claim {
-    let returning = if pool_has_roles() {
-        "RETURNING schema_name::text, role_name::text"
+    // the oldest ready schema of this version, with its role when the pool
+    // table has that column (a database whose SQL is older than its library)
+    let query = if pool_has_roles() {
+        "DELETE FROM tenancy.pool WHERE schema_name = (\
+             SELECT schema_name FROM tenancy.pool WHERE template = $1 AND template_version = $2 \
+             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+         RETURNING schema_name::text, role_name::text"
     } else {
-        "RETURNING schema_name::text, NULL::text"
+        "DELETE FROM tenancy.pool WHERE schema_name = (\
+             SELECT schema_name FROM tenancy.pool WHERE template = $1 AND template_version = $2 \
+             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+         RETURNING schema_name::text, NULL::text"
     };
-    let pooled = Spi::connect_mut(|c| {
-        let rows = c.update(
-            &format!(
-                "DELETE FROM tenancy.pool WHERE schema_name = (\
-                     SELECT schema_name FROM tenancy.pool WHERE template = $1 AND template_version = $2 \
-                     ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) {returning}"
-            ),
-            Some(1),
-            &[template.name.as_str().into(), template.version.into()],
-        )?;
-        Ok::<_, pgrx::spi::Error>(if rows.is_empty() {
-            None
-        } else {
-            let row = rows.first();
-            Some((row.get::<String>(1)?, row.get::<String>(2)?))
-        })
-    })
-    .or_raise();
+    let pooled = crate::kept_plans::run(
+        query,
+        &[template.name.as_str().into(), template.version.into()],
+        |rows| {
+            Ok(if rows.is_empty() {
+                None
+            } else {
+                let row = rows.first();
+                Some((row.get::<String>(1)?, row.get::<String>(2)?))
+            })
+        },
+    );
     let Some((Some(pooled), pooled_role)) = pooled else {
         return Claim::Empty;
     };
