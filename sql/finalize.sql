@@ -20,6 +20,42 @@ $$;
 COMMENT ON FUNCTION tenancy.provision(text, text, text, jsonb) IS
     'Creates a tenant (catalog row, schema, every object of its template) in the caller''s transaction: all or nothing';
 
+-- Moves a tenant between the shared tables and a schema of its own
+-- (src/api/mobility.rs), in the caller's transaction: all or nothing.
+CREATE FUNCTION tenancy.move_tenant(tenant text, isolation text) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    moved uuid := tenancy._move_tenant(tenant, isolation);
+    result tenancy.tenants;
+BEGIN
+    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = moved;
+    RETURN result;
+END
+$$;
+CREATE FUNCTION tenancy.move_tenant(tenant uuid, isolation text) RETURNS tenancy.tenants
+LANGUAGE sql RETURN tenancy.move_tenant(tenant::text, isolation);
+COMMENT ON FUNCTION tenancy.move_tenant(text, text) IS
+    'Moves a tenant from the shared tables to a schema of its own, or back: its rows copied, its id, role and catalog row kept; all or nothing';
+
+-- A new tenant with a copy of another's data (src/api/mobility.rs), in the
+-- caller's transaction.
+CREATE FUNCTION tenancy.clone_tenant(tenant text, new_slug text, options jsonb DEFAULT '{}') RETURNS tenancy.tenants
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    made uuid := tenancy._clone_tenant(tenant, new_slug, options);
+    result tenancy.tenants;
+BEGIN
+    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = made;
+    RETURN result;
+END
+$$;
+CREATE FUNCTION tenancy.clone_tenant(tenant uuid, new_slug text, options jsonb DEFAULT '{}') RETURNS tenancy.tenants
+LANGUAGE sql RETURN tenancy.clone_tenant(tenant::text, new_slug, options);
+COMMENT ON FUNCTION tenancy.clone_tenant(text, text, jsonb) IS
+    'A new tenant with a copy of a tenant''s data, from the same template version, in one transaction';
+
 -- Who may do what (see src/roles.rs): the roles of this database, each
 -- with the database's OID in its name so that no role serves two databases,
 -- and each marked by its comment (the roles of a dropped database are found

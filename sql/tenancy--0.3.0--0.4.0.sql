@@ -74,6 +74,15 @@ IMMUTABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'check_migration_options_wrapper';
 
+CREATE OR REPLACE FUNCTION "_clone_tenant"(
+	"tenant" TEXT, /* & str */
+	"new_slug" TEXT, /* Option < & str > */
+	"options" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS uuid /* Uuid */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clone_tenant_wrapper';
+
 CREATE OR REPLACE FUNCTION "_database_file_sizes"() RETURNS TABLE (
 	"filenode" oid,  /* pg_sys :: Oid */
 	"all_bytes" bigint,  /* i64 */
@@ -103,6 +112,14 @@ CREATE OR REPLACE FUNCTION "_migrate_tenant"(
 STRICT 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'migrate_tenant_wrapper';
+
+CREATE OR REPLACE FUNCTION "_move_tenant"(
+	"tenant" TEXT, /* & str */
+	"isolation" TEXT /* & str */
+) RETURNS uuid /* Uuid */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'move_tenant_wrapper';
 
 CREATE OR REPLACE FUNCTION "_partitioned_tables"(
 	"template" TEXT, /* & str */
@@ -2068,6 +2085,36 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION tenancy.move_tenant(tenant text, isolation text) RETURNS tenancy.tenants
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    moved uuid := tenancy._move_tenant(tenant, isolation);
+    result tenancy.tenants;
+BEGIN
+    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = moved;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.move_tenant(tenant uuid, isolation text) RETURNS tenancy.tenants
+LANGUAGE sql RETURN tenancy.move_tenant(tenant::text, isolation);
+
+CREATE OR REPLACE FUNCTION tenancy.clone_tenant(tenant text, new_slug text, options jsonb DEFAULT '{}') RETURNS tenancy.tenants
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    made uuid := tenancy._clone_tenant(tenant, new_slug, options);
+    result tenancy.tenants;
+BEGIN
+    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = made;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.clone_tenant(tenant uuid, new_slug text, options jsonb DEFAULT '{}') RETURNS tenancy.tenants
+LANGUAGE sql RETURN tenancy.clone_tenant(tenant::text, new_slug, options);
+
 CREATE OR REPLACE FUNCTION tenancy._apply_privileges() RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2139,6 +2186,11 @@ BEGIN
 END
 $$;
 -- </functions>
+
+COMMENT ON FUNCTION tenancy.move_tenant(text, text) IS
+    'Moves a tenant from the shared tables to a schema of its own, or back: its rows copied, its id, role and catalog row kept; all or nothing';
+COMMENT ON FUNCTION tenancy.clone_tenant(text, text, jsonb) IS
+    'A new tenant with a copy of a tenant''s data, from the same template version, in one transaction';
 
 -- timeseries version 2 (versions already there are kept as they are)
 SELECT tenancy._load_shipped_templates();

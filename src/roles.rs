@@ -90,6 +90,13 @@ pub fn owner_search_path(schema: &str) -> String {
 /// for its duration; every setting changed inside is undone after. On an
 /// ERROR the (sub)transaction abort restores the user and the settings.
 pub fn as_owner<R>(search_path: &str, tenant: Option<Uuid>, f: impl FnOnce() -> R) -> R {
+    as_role(&owner_role(), search_path, tenant, f)
+}
+
+/// As `as_owner`, as another of this database's roles: `all_tenants`
+/// (BYPASSRLS) for a copy between two shared tenants' rows, which no one
+/// tenant context can both read and write.
+pub fn as_role<R>(name: &str, search_path: &str, tenant: Option<Uuid>, f: impl FnOnce() -> R) -> R {
     if legacy_catalog() {
         let scope = crate::guc_scope::GucScope::new();
         scope.set(
@@ -98,8 +105,7 @@ pub fn as_owner<R>(search_path: &str, tenant: Option<Uuid>, f: impl FnOnce() -> 
         );
         return f();
     }
-    let name = owner_role();
-    let Some(owner) = role_oid(&name) else {
+    let Some(owner) = role_oid(name) else {
         raise_with(
             sqlstate("55000"),
             format!("role {name} does not exist"),
@@ -253,11 +259,29 @@ pub fn setup_tenant_role(schema: &str, role: &str, existing_objects: bool, share
     }
     refuse_existing_role(role);
     let r = quote_ident(role);
-    let s = quote_ident(schema);
     let mut sql = format!(
-        "CREATE ROLE {r} NOLOGIN; COMMENT ON ROLE {r} IS {};",
-        quote_literal(&role_comment(&format!("tenant, schema {schema}")))
+        "CREATE ROLE {r} NOLOGIN; {}",
+        role_comment_sql_text(role, schema)
     );
+    sql += &access_sql(schema, role, existing_objects, shared);
+    Spi::run(&sql).or_raise();
+}
+
+/// The statement that marks a tenant's role as tenancy's, naming the schema
+/// it uses (its own, or the template's shared schema).
+fn role_comment_sql_text(role: &str, schema: &str) -> String {
+    format!(
+        "COMMENT ON ROLE {} IS {};",
+        quote_ident(role),
+        quote_literal(&role_comment(&format!("tenant, schema {schema}")))
+    )
+}
+
+/// What a tenant's role is given (see setup_tenant_role): the statements.
+fn access_sql(schema: &str, role: &str, existing_objects: bool, shared: bool) -> String {
+    let r = quote_ident(role);
+    let s = quote_ident(schema);
+    let mut sql = String::new();
     if shared {
         sql += &format!("GRANT {} TO {r};", quote_ident(&db_role("shared")));
     } else {
@@ -271,6 +295,23 @@ pub fn setup_tenant_role(schema: &str, role: &str, existing_objects: bool, share
     }
     if existing_objects && !shared {
         sql += &grants_on_existing_objects(schema, &r);
+    }
+    sql
+}
+
+/// A tenant's existing role moves to another kind of access (move_tenant):
+/// its schema's (everything the schema holds) or the shared tables', and
+/// loses the one it had: the shared tables' membership, or USAGE on its old
+/// schema (which is about to go). Its comment names the new schema.
+pub fn move_tenant_role(role: &str, schema: &str, to_shared: bool, old_schema: Option<&str>) {
+    let r = quote_ident(role);
+    let mut sql = role_comment_sql_text(role, schema);
+    sql += &access_sql(schema, role, true, to_shared);
+    match old_schema {
+        Some(old) if to_shared => {
+            sql += &format!("REVOKE ALL ON SCHEMA {} FROM {r};", quote_ident(old))
+        }
+        _ => sql += &format!("REVOKE {} FROM {r};", quote_ident(&db_role("shared"))),
     }
     Spi::run(&sql).or_raise();
 }

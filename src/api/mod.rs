@@ -4,6 +4,7 @@ mod batches;
 mod health;
 mod metrics;
 pub mod migrate;
+pub mod mobility;
 pub mod pool;
 pub mod provision;
 pub mod rls;

@@ -35,7 +35,19 @@ pub fn provision_tenant(
 ) -> Uuid {
     let started = Instant::now();
     let template = catalog::latest_template(template_name);
-    let timescale_schema = check_prerequisites(&template);
+    provision_from(slug, name, &template, options, started)
+}
+
+/// Makes one tenant from a given version of a template (clone_tenant makes
+/// the copy from its source's version).
+pub fn provision_from(
+    slug: &str,
+    name: Option<&str>,
+    template: &catalog::Template,
+    options: &ProvisionOptions,
+    started: Instant,
+) -> Uuid {
+    let timescale_schema = check_prerequisites(template);
     let schema = template.spec.schema_name(slug);
     // the tenant's own role, of this database only (src/roles.rs): NOLOGIN,
     // may use the tenant's schema (or, shared, the shared tables under RLS)
@@ -47,14 +59,14 @@ pub fn provision_tenant(
     };
     let role = role_name.as_str();
     let shared = options.isolation == Isolation::Shared;
-    let shared_schema = shared.then(|| crate::schema_builder::ensure_shared_schema(&template));
+    let shared_schema = shared.then(|| crate::schema_builder::ensure_shared_schema(template));
 
     // The catalog row comes first: its unique keys serialize two callers
     // racing for one slug before either creates anything.
     let inserted = catalog::insert_tenant(&NewTenant {
         slug,
         name,
-        template: &template,
+        template,
         schema_name: (!shared).then_some(schema.as_str()),
         role_name: role,
         options,
@@ -68,7 +80,7 @@ pub fn provision_tenant(
     // schema pooled before 0.4.0, a role made now and granted what is
     // there), or built with the role's default privileges in place
     let claimed = if !shared && options.pool {
-        claim(&template, &schema, role)
+        claim(template, &schema, role)
     } else {
         Claim::Empty
     };
@@ -80,7 +92,7 @@ pub fn provision_tenant(
             let access = shared_schema.as_deref().unwrap_or(&schema);
             crate::roles::setup_tenant_role(access, role, true, true)
         }
-        Claim::Empty => build_schema(&template, &schema, timescale_schema.as_deref(), Some(role)),
+        Claim::Empty => build_schema(template, &schema, timescale_schema.as_deref(), Some(role)),
     }
 
     catalog::audit(AuditEntry {

@@ -37,7 +37,97 @@ fn current_tenant_id() -> Option<Uuid> {
     if crate::roles::in_owner_scope() {
         return Some(id);
     }
-    active_tenant(bytes).then_some(id)
+    if !active_tenant(bytes) {
+        return None;
+    }
+    // a move of this tenant (move_tenant) holds it exclusively: the policy
+    // waits for the move to commit rather than see half of it
+    lock_tenant(bytes, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+    Some(id)
+}
+
+thread_local! {
+    /// The tenant this transaction holds its lock on already (the policy
+    /// calls current_tenant_id for every statement, an INSERT's check for
+    /// every row): forgotten when the transaction ends or a subtransaction
+    /// that may have taken it aborts (its locks go with it).
+    static LOCKED: std::cell::Cell<Option<[u8; 16]>> = const { std::cell::Cell::new(None) };
+}
+
+/// The heavyweight lock that stands for one tenant: an object lock of this
+/// database under the class of `tenancy.tenants`, keyed by the first six
+/// bytes of the tenant's id (two tenants that share them only wait for each
+/// other's moves). No SQL command takes such a lock, so only the library
+/// holds it: sessions acting as the tenant in share mode, move_tenant
+/// exclusively.
+pub fn lock_tenant(bytes: [u8; 16], mode: pg_sys::LOCKMODE) {
+    let shared = mode == pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    if shared && LOCKED.with(|l| l.get()) == Some(bytes) {
+        return;
+    }
+    let class = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), true);
+        pg_sys::get_relname_relid(c"tenants".as_ptr(), nsp)
+    };
+    if class == pg_sys::InvalidOid {
+        return;
+    }
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: class.to_u32(),
+        locktag_field3: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        locktag_field4: u16::from_be_bytes([bytes[4], bytes[5]]),
+        locktag_type: pg_sys::LockTagType::LOCKTAG_OBJECT as u8,
+        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+    };
+    if !shared {
+        unsafe { pg_sys::LockAcquire(&tag, mode, false, false) };
+        return;
+    }
+    let got = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
+    if got == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+        // a move of this tenant held it: this statement was planned (its
+        // privileges checked, its tables chosen) before the tenant moved,
+        // so it must not go on; the next attempt sees where the tenant is
+        unsafe { pg_sys::LockAcquire(&tag, mode, false, false) };
+        raise_with(
+            sqlstate("40001"),
+            "the tenant of this session was moved while this statement waited".to_string(),
+            Some("tenancy.move_tenant held the tenant; what the statement read or wrote is no longer where it looked.".into()),
+            Some("Run the transaction again, after tenancy.set_tenant.".into()),
+        );
+    }
+    LOCKED.with(|l| l.set(Some(bytes)));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_lock_at_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_PREPARE
+    ) {
+        LOCKED.with(|l| l.set(None));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_lock_at_sub_abort(
+    event: pg_sys::SubXactEvent::Type,
+    _mine: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        LOCKED.with(|l| l.set(None));
+    }
 }
 
 /// The tenants whose status this backend has looked up (is each active?),
@@ -104,10 +194,13 @@ unsafe extern "C-unwind" fn forget_known_tenant(_arg: pg_sys::Datum, relid: pg_s
 }
 
 /// Called from `_PG_init`: every backend that loads the library forgets
-/// what it knew of tenants' status when the catalog changes.
+/// what it knew of tenants' status when the catalog changes, and which
+/// tenant lock it holds when its transaction ends.
 pub fn register_invalidation() {
     unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(forget_known_tenant), pg_sys::Datum::from(0))
+        pg_sys::CacheRegisterRelcacheCallback(Some(forget_known_tenant), pg_sys::Datum::from(0));
+        pg_sys::RegisterXactCallback(Some(forget_lock_at_end), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(forget_lock_at_sub_abort), std::ptr::null_mut());
     };
 }
 
