@@ -56,6 +56,22 @@ LANGUAGE sql RETURN tenancy.clone_tenant(tenant::text, new_slug, options);
 COMMENT ON FUNCTION tenancy.clone_tenant(text, text, jsonb) IS
     'A new tenant with a copy of a tenant''s data, from the same template version, in one transaction';
 
+-- The last step of replaying an export script (src/api/export.rs): the
+-- staged rows into the imported tenant's tables; returns its row.
+CREATE FUNCTION tenancy.import_finish() RETURNS tenancy.tenants
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    made uuid := tenancy._import_finish();
+    result tenancy.tenants;
+BEGIN
+    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = made;
+    RETURN result;
+END
+$$;
+CREATE FUNCTION tenancy.export_tenant(tenant uuid) RETURNS SETOF text
+LANGUAGE sql AS $$ SELECT tenancy.export_tenant(tenant::text) $$;
+
 -- Who may do what (see src/roles.rs): the roles of this database, each
 -- with the database's OID in its name so that no role serves two databases,
 -- and each marked by its comment (the roles of a dropped database are found

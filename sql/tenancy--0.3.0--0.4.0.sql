@@ -92,6 +92,11 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'database_file_sizes_wrapper';
 
+CREATE OR REPLACE FUNCTION "_import_finish"() RETURNS uuid /* Uuid */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'import_finish_wrapper';
+
 CREATE OR REPLACE FUNCTION "_job_backoff_ms"(
 	"failures" INT, /* i32 */
 	"every_ms" double precision /* f64 */
@@ -1183,10 +1188,24 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'current_tenant_id_wrapper';
 
+CREATE OR REPLACE FUNCTION "export_tenant"(
+	"tenant" TEXT /* & str */
+) RETURNS SETOF TEXT /* String */
+STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'export_tenant_wrapper';
+
 CREATE OR REPLACE FUNCTION "health"() RETURNS jsonb /* JsonB */
 STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'health_wrapper';
+
+CREATE OR REPLACE FUNCTION "import_begin"(
+	"header" jsonb /* JsonB */
+) RETURNS TEXT /* String */
+STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'import_begin_wrapper';
 
 CREATE OR REPLACE FUNCTION "provision_batch"(
 	"tenants" jsonb, /* JsonB */
@@ -2114,6 +2133,21 @@ $$;
 
 CREATE OR REPLACE FUNCTION tenancy.clone_tenant(tenant uuid, new_slug text, options jsonb DEFAULT '{}') RETURNS tenancy.tenants
 LANGUAGE sql RETURN tenancy.clone_tenant(tenant::text, new_slug, options);
+
+CREATE OR REPLACE FUNCTION tenancy.import_finish() RETURNS tenancy.tenants
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    made uuid := tenancy._import_finish();
+    result tenancy.tenants;
+BEGIN
+    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = made;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.export_tenant(tenant uuid) RETURNS SETOF text
+LANGUAGE sql AS $$ SELECT tenancy.export_tenant(tenant::text) $$;
 
 CREATE OR REPLACE FUNCTION tenancy._apply_privileges() RETURNS void
 LANGUAGE plpgsql

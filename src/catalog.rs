@@ -87,6 +87,9 @@ pub fn extension_schema(extname: &str) -> Option<String> {
 }
 
 pub struct NewTenant<'a> {
+    /// The id to keep (a tenant imported from another database); a new one
+    /// when `None`.
+    pub id: Option<Uuid>,
     pub slug: &'a str,
     pub name: Option<&'a str>,
     pub template: &'a Template,
@@ -102,10 +105,11 @@ pub struct NewTenant<'a> {
 pub fn insert_tenant(t: &NewTenant) -> Option<Uuid> {
     let o = t.options;
     crate::kept_plans::get_one::<Uuid>(
-        "INSERT INTO tenancy.tenants AS t (slug, name, status, isolation, schema_name, role_name, \
+        "INSERT INTO tenancy.tenants AS t (id, slug, name, status, isolation, schema_name, role_name, \
              template, template_version, domain, email, tenant_type, settings, features, max_users, \
              max_storage_bytes, provisioned_at) \
-         VALUES ($1, $2, 'active', $3, $4, $14, $5, $6, $7, $8, $9, $10, $11, $12, $13, now()) \
+         VALUES (COALESCE($15, pg_catalog.gen_random_uuid()), $1, $2, 'active', $3, $4, $14, $5, $6, $7, $8, $9, $10, \
+                 $11, $12, $13, now()) \
          ON CONFLICT DO NOTHING RETURNING t.id",
         &[
             t.slug.into(),
@@ -122,6 +126,7 @@ pub fn insert_tenant(t: &NewTenant) -> Option<Uuid> {
             o.max_users.map(|v| v as i32).into(),
             o.max_storage_bytes.into(),
             t.role_name.into(),
+            t.id.into(),
         ],
     )
 }

@@ -341,3 +341,170 @@ def test_only_the_admin_moves_or_clones(db, fresh_db, login):
         c.execute("SELECT tenancy.clone_tenant('adm_mv', 'adm_copy')")
         assert c.execute("SELECT actor FROM tenancy.audit_log WHERE action = 'clone'").fetchone()[0] == login
     db.execute(f'REVOKE "{admin}" FROM "{login}"')
+
+
+# ---- export and import -------------------------------------------------------
+
+import os
+import shutil
+import subprocess
+
+from conftest import HOST, PG_BIN, PORT
+
+
+def psql(dbname, *args, host=HOST, port=PORT, user="postgres"):
+    return subprocess.run([f"{PG_BIN}/psql", "-X", "-h", str(host), "-p", str(port), "-U", user, "-d", dbname, *args],
+                          capture_output=True, text=True)
+
+
+def export(dbname, slug, path, user="postgres", **kw):
+    """The one psql command the README gives."""
+    done = psql(dbname, "-At", "-c", f"SELECT * FROM tenancy.export_tenant('{slug}')", "-o", str(path), user=user, **kw)
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def catalog_row(conn, slug):
+    return conn.execute("SELECT id, slug, name, isolation, template, template_version, status, settings, features, "
+                        "max_users FROM tenancy.tenants WHERE slug = %s", (slug,)).fetchone()
+
+
+@pytest.fixture
+def other_db(db):
+    """A second database of the same cluster, with the extension."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    db.execute(f'CREATE DATABASE "{name}"')
+    with connect(name, autocommit=True) as c:
+        c.execute("CREATE EXTENSION tenancy")
+        yield name, c
+    db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_export_and_import_between_databases(db, fresh_db, other_db, login, tmp_path):
+    name2, db2 = other_db
+    for conn in (db, db2):
+        mob_template(conn)
+    provision(db, "ex_sh")
+    provision(db, "ex_sc", isolation="schema")
+    fill(db, "ex_sh", accounts=40)
+    fill(db, "ex_sc", accounts=25)
+    db.execute("UPDATE tenancy.tenants SET settings = '{\"plan\": \"pro\"}', max_users = 3 WHERE slug = 'ex_sh'")
+    db.execute("SELECT tenancy.suspend('ex_sc')")
+    # export and import by an admin that is not a superuser
+    admin = db.execute("SELECT tenancy.admin_role()").fetchone()[0]
+    admin2 = db2.execute("SELECT tenancy.admin_role()").fetchone()[0]
+    db.execute(f'GRANT "{admin}" TO "{login}"')
+    db.execute(f'GRANT "{admin2}" TO "{login}"')
+    for slug in ("ex_sh", "ex_sc"):
+        path = export(fresh_db, slug, tmp_path / f"{slug}.sql", user=login)
+        script = path.read_text()
+        assert "COPY pg_temp.tenancy_import_1" in script and "INSERT" not in script
+        done = psql(name2, "-f", str(path), user=login)
+        assert done.returncode == 0, done.stderr
+        assert catalog_row(db2, slug) == catalog_row(db, slug)
+        assert fingerprint(db2, slug) == fingerprint(db, slug)
+    assert fingerprint(db2, "ex_sh")["notes"][0] == 160
+    assert db2.execute("SELECT count(*) FROM tenancy.audit_log WHERE action = 'import'").fetchone()[0] == 2
+    # the imported tenants work: identities past the imported ids, health clean
+    db2.execute("SELECT tenancy.resume('ex_sc')")
+    assert db2.execute("INSERT INTO tenant_ex_sc.accounts (name) VALUES ('new') RETURNING id").fetchone()[0] > 25
+    for slug in ("ex_sh", "ex_sc"):
+        assert db2.execute("SELECT tenancy.health(%s)", (slug,)).fetchone()[0]["score"] == 100
+    db.execute(f'REVOKE "{admin}" FROM "{login}"')
+    db.execute(f'REVOKE "{admin2}" FROM "{login}"')
+
+
+def test_import_fails_cleanly(db, fresh_db, other_db, tmp_path):
+    name2, db2 = other_db
+    mob_template(db)
+    provision(db, "ex_f")
+    fill(db, "ex_f", accounts=5)
+    path = export(fresh_db, "ex_f", tmp_path / "ex_f.sql")
+
+    def nothing_made():
+        assert db2.execute("SELECT count(*) FROM tenancy.tenants").fetchone()[0] == n
+        assert db2.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant\\_%'").fetchone()[0] == s
+        assert db2.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE %s",
+                           (f"t{db2.execute('SELECT oid FROM pg_database WHERE datname = current_database()').fetchone()[0]}_ex_f",)
+                           ).fetchone()[0] == 0
+
+    # the template version is missing: 42704, and nothing is made
+    n, s = 0, 0
+    done = psql(name2, "-f", str(path))
+    assert done.returncode != 0 and 'template "mob" version 1 is not in this database' in done.stderr, done.stderr
+    nothing_made()
+    # the slug is taken: 23505, nothing made
+    mob_template(db2)
+    db2.execute("SELECT tenancy.provision('ex_f', NULL, 'default')")
+    n, s = 1, 1
+    done = psql(name2, "-f", str(path))
+    assert done.returncode != 0 and "already exists" in done.stderr, done.stderr
+    assert db2.execute("SELECT template FROM tenancy.tenants WHERE slug = 'ex_f'").fetchone()[0] == "default"
+    # a table the template here does not have: 0A000
+    text = path.read_text().replace('"name":"notes"', '"name":"nodes"').replace('"slug":"ex_f"', '"slug":"ex_g"')
+    (tmp_path / "bad.sql").write_text(text)
+    done = psql(name2, "-f", str(tmp_path / "bad.sql"))
+    assert done.returncode != 0 and "nodes" in done.stderr, done.stderr
+    assert db2.execute("SELECT count(*) FROM tenancy.tenants").fetchone()[0] == 1
+    # the finish without a beginning, the beginning without a header
+    with pytest.raises(errors.ObjectNotInPrerequisiteState):
+        db2.execute("SELECT tenancy.import_finish()")
+    with pytest.raises(errors.InvalidParameterValue):
+        db2.execute("SELECT tenancy.import_begin('{}')")
+
+
+def test_a_tenant_cannot_export_itself_or_import(db, fresh_db, login):
+    mob_template(db)
+    provision(db, "ex_own")
+    grant_tenant(db, login, "ex_own")
+    with connect(fresh_db, user=login, autocommit=True) as c:
+        for sql in ("SELECT * FROM tenancy.export_tenant('ex_own')",
+                    "SELECT tenancy.import_begin('{}')", "SELECT tenancy.import_finish()"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                c.execute(sql)
+
+
+@pytest.fixture
+def second_cluster(tmp_path_factory):
+    """Another cluster of the same PostgreSQL, on its own port."""
+    d = f"/var/tmp/tenancy-second-{uuid.uuid4().hex[:6]}"
+    port = 5493
+    sudo = ["sudo", "-u", "postgres"]
+    subprocess.run([*sudo, "mkdir", "-p", d], check=True)
+    subprocess.run([*sudo, f"{PG_BIN}/initdb", "-D", d, "-A", "trust", "-U", "postgres", "--locale=C.UTF-8"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*sudo, f"{PG_BIN}/pg_ctl", "-D", d, "-l", f"{d}/log", "-w", "-o",
+                    f"-p {port} -k {d} -c listen_addresses=''", "start"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield d, port
+    finally:
+        subprocess.run([*sudo, f"{PG_BIN}/pg_ctl", "-D", d, "-w", "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_export_and_import_between_clusters(db, fresh_db, second_cluster, tmp_path):
+    d, port = second_cluster
+    import psycopg
+    with psycopg.connect(host=d, port=port, dbname="postgres", user="postgres", autocommit=True) as c2:
+        c2.execute("CREATE EXTENSION tenancy")
+        mob_template(c2)
+        mob_template(db)
+        provision(db, "xc_sh")
+        provision(db, "xc_sc", template="default", isolation="schema")
+        fill(db, "xc_sh", accounts=30)
+        # the values COPY has to escape, and NULLs
+        db.execute("INSERT INTO tenant_xc_sc.users (email, display_name) VALUES "
+                   "('a@b', E'tab\\there'), ('c@d', E'new\\nline \\\\ back \\r'), ('e@f', NULL), ('g@h', 'ünïcødé \\.')")
+        db.execute("INSERT INTO tenant_xc_sc.items (owner_id, title, data, status) "
+                   "SELECT id, 'x', '{\"k\": \"v\\\"q\", \"n\": 1.5e300}', 'done' FROM tenant_xc_sc.users")
+        for slug in ("xc_sh", "xc_sc"):
+            path = export(fresh_db, slug, tmp_path / f"{slug}.sql")
+            done = psql("postgres", "-f", str(path), host=d, port=port)
+            assert done.returncode == 0, done.stderr
+            assert catalog_row(c2, slug) == catalog_row(db, slug)
+        assert fingerprint(c2, "xc_sh") == fingerprint(db, "xc_sh")
+        for table, cols in (("users", "id, email, display_name, role, is_active, created_at, updated_at"),
+                            ("items", "id, owner_id, title, body, status, data, created_at, updated_at")):
+            q = f"SELECT count(*), md5(string_agg(({cols})::text, ',' ORDER BY id)) FROM tenant_xc_sc.{table}"
+            assert c2.execute(q).fetchone() == db.execute(q).fetchone()

@@ -79,6 +79,8 @@ pub struct TableCopy {
     /// quoted, in the source table's order; never `tenant_id`, never a
     /// generated column
     pub columns: String,
+    /// the same, as names
+    pub column_names: Vec<String>,
 }
 
 /// The tables that hold the tenant's rows in `from`, in the order they were
@@ -102,6 +104,7 @@ pub fn tables_to_copy(from: &Place, to: &Place) -> Vec<TableCopy> {
              SELECT s.relname::text, s.oid, \
                     d.oid IS NOT NULL AND (NOT $4 OR d.oid IN (SELECT t::oid FROM tenancy._shared_tables($2) t)), \
                     (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM col a WHERE a.attrelid = s.oid), \
+                    (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM col a WHERE a.attrelid = s.oid), \
                     (SELECT string_agg(a.attname::text, ', ' ORDER BY a.attnum) FROM col a \
                      WHERE a.attrelid = s.oid \
                        AND NOT EXISTS (SELECT 1 FROM col b WHERE b.attrelid = d.oid AND b.attname = a.attname)) \
@@ -123,14 +126,15 @@ pub fn tables_to_copy(from: &Place, to: &Place) -> Vec<TableCopy> {
                 r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
                 r.get::<bool>(3)?.unwrap_or(false),
                 r.get::<String>(4)?.unwrap_or_default(),
-                r.get::<String>(5)?,
+                r.get::<Vec<String>>(5)?.unwrap_or_default(),
+                r.get::<String>(6)?,
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
     .or_raise();
     let mut tables = Vec::with_capacity(rows.len());
-    for (name, oid, counterpart, columns, missing) in rows {
+    for (name, oid, counterpart, columns, column_names, missing) in rows {
         if !counterpart {
             raise(TenancyError::NotSupported(format!(
                 "table {name} of schema {} has no table of that name{} in schema {}: its rows would be left behind",
@@ -145,7 +149,12 @@ pub fn tables_to_copy(from: &Place, to: &Place) -> Vec<TableCopy> {
                 to.schema()
             )));
         }
-        tables.push(TableCopy { name, oid, columns });
+        tables.push(TableCopy {
+            name,
+            oid,
+            columns,
+            column_names,
+        });
     }
     tables
 }
@@ -434,7 +443,7 @@ fn uuid_v4() -> Uuid {
 }
 
 /// The place a tenant's rows are in now.
-fn place_of(t: &LockedTenant, template: &catalog::Template) -> Place {
+pub fn place_of(t: &LockedTenant, template: &catalog::Template) -> Place {
     match (t.isolation.as_str(), &t.schema_name) {
         ("schema", Some(schema)) => Place::Schema(schema.clone()),
         _ => Place::Shared(template.spec.shared_schema_name(&template.name)),
@@ -494,8 +503,14 @@ fn clone_tenant(tenant: &str, new_slug: Option<&str>, options: Option<pgrx::Json
     }
     let template = catalog::template_version(&src.template, Some(src.template_version));
     let from = place_of(&src, &template);
-    let id =
-        crate::api::provision::provision_from(slug, name.as_deref(), &template, &opts, started);
+    let id = crate::api::provision::provision_from(
+        None,
+        slug,
+        name.as_deref(),
+        &template,
+        &opts,
+        started,
+    );
     let to = if opts.isolation == tenancy_core::options::Isolation::Shared {
         Place::Shared(template.spec.shared_schema_name(&template.name))
     } else {

@@ -1,6 +1,7 @@
 //! What users call: one file per area of the SQL surface.
 
 mod batches;
+mod export;
 mod health;
 mod metrics;
 pub mod migrate;

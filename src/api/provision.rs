@@ -35,12 +35,14 @@ pub fn provision_tenant(
 ) -> Uuid {
     let started = Instant::now();
     let template = catalog::latest_template(template_name);
-    provision_from(slug, name, &template, options, started)
+    provision_from(None, slug, name, &template, options, started)
 }
 
 /// Makes one tenant from a given version of a template (clone_tenant makes
-/// the copy from its source's version).
+/// the copy from its source's version), with a given id (import_begin keeps
+/// the exported tenant's).
 pub fn provision_from(
+    id: Option<Uuid>,
     slug: &str,
     name: Option<&str>,
     template: &catalog::Template,
@@ -64,6 +66,7 @@ pub fn provision_from(
     // The catalog row comes first: its unique keys serialize two callers
     // racing for one slug before either creates anything.
     let inserted = catalog::insert_tenant(&NewTenant {
+        id,
         slug,
         name,
         template,
