@@ -40,6 +40,9 @@ CREATE TABLE tenancy.tenants (
     provisioned_at    timestamptz,
     dropped_at        timestamptz,
     created_by        name        NOT NULL DEFAULT session_user,
+    -- set by refresh_metrics while the tenant's size is over
+    -- max_storage_bytes: its writes are refused (src/quota.rs)
+    over_quota_since  timestamptz,
     CONSTRAINT tenants_slug_key UNIQUE (slug),
     CONSTRAINT tenants_template_fkey FOREIGN KEY (template, template_version)
         REFERENCES tenancy.templates (name, version)
@@ -89,8 +92,9 @@ CREATE TYPE tenancy.batch_state AS ENUM
 
 CREATE TABLE tenancy.batches (
     id                  uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    -- provision: make tenants; migrate: bring tenants to a template version
-    kind                text        NOT NULL DEFAULT 'provision' CHECK (kind IN ('provision', 'migrate')),
+    -- provision: make tenants; migrate: bring tenants to a template version;
+    -- move: take tenants to another isolation mode
+    kind                text        NOT NULL DEFAULT 'provision' CHECK (kind IN ('provision', 'migrate', 'move')),
     status              tenancy.batch_state NOT NULL DEFAULT 'queued',
     total               integer     NOT NULL,
     max_concurrent      integer     NOT NULL CHECK (max_concurrent BETWEEN 1 AND 20),

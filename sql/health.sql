@@ -89,9 +89,10 @@ BEGIN
             RETURN jsonb_build_object(
                 'tenant', t.slug, 'status', t.status, 'isolation', 'shared', 'template', t.template,
                 'template_version', t.template_version, 'shared_schema', schema_now,
-                'rows', per_table, 'row_count', row_estimate)
+                'rows', per_table, 'row_count', row_estimate, 'writes_refused_since', t.over_quota_since)
                 || tenancy._tenant_score(jsonb_build_object('status', t.status, 'template', t.template,
-                                                            'template_version', t.template_version));
+                                                            'template_version', t.template_version,
+                                                            'over_quota_since', t.over_quota_since::text));
         END;
     END IF;
     IF t.isolation = 'schema' AND to_regnamespace(quote_ident(schema_now)) IS NULL THEN
@@ -150,8 +151,10 @@ BEGIN
         'missing', coalesce(to_jsonb(missing), '[]'), 'extra', coalesce(to_jsonb(extra), '[]'),
         'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns, 'users', users_now,
         'hypertables', hypertables,
-        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes)
+        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
+        'writes_refused_since', t.over_quota_since)
         || tenancy._tenant_score(jsonb_build_object(
+               'over_quota_since', t.over_quota_since::text,
                'status', t.status, 'template', t.template, 'template_version', t.template_version,
                'reference_error', reference_error, 'missing', coalesce(cardinality(missing), 0),
                'extra', coalesce(cardinality(extra), 0), 'users', users_now, 'max_users', t.max_users,

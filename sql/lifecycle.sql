@@ -334,9 +334,19 @@ BEGIN
                 features = CASE WHEN changes ? 'features' THEN tenancy._merge(features, changes->'features') ELSE features END,
                 max_users = CASE WHEN changes ? 'max_users' THEN (changes->>'max_users')::integer ELSE max_users END,
                 max_storage_bytes = CASE WHEN changes ? 'max_storage_bytes' THEN (changes->>'max_storage_bytes')::bigint ELSE max_storage_bytes END,
+                -- a quota raised over the last measured size allows writes at once
+                over_quota_since = CASE WHEN changes ? 'max_storage_bytes'
+                                         AND (changes->>'max_storage_bytes' IS NULL
+                                              OR (SELECT m.total_bytes FROM tenancy.tenant_metrics m WHERE m.tenant_id = cur.id
+                                                  ORDER BY m.collected_at DESC LIMIT 1) <= (changes->>'max_storage_bytes')::bigint)
+                                        THEN NULL ELSE over_quota_since END,
                 updated_at = now()
             WHERE id = cur.id
             RETURNING * INTO after;
+            IF cur.over_quota_since IS NOT NULL AND after.over_quota_since IS NULL THEN
+                PERFORM tenancy._audit('quota_restored', after, jsonb_build_object('max_storage_bytes', after.max_storage_bytes));
+                PERFORM tenancy._tenants_changed();
+            END IF;
             PERFORM tenancy._audit('bulk_update', after, jsonb_build_object(
                 'changes', changes,
                 'before', jsonb_build_object('name', cur.name, 'domain', cur.domain, 'status', cur.status,

@@ -149,6 +149,32 @@ BEGIN
     LEFT JOIN LATERAL (SELECT p.seq_scans_total, p.idx_scans_total FROM tenancy.tenant_metrics p
                        WHERE p.tenant_id = m.tenant_id ORDER BY p.collected_at DESC LIMIT 1) prev ON true;
     GET DIAGNOSTICS n = ROW_COUNT;
+
+    -- storage quotas: a tenant found over its max_storage_bytes is marked
+    -- (the library refuses its writes, src/quota.rs), one found under again
+    -- unmarked; each flip in the audit log, and sessions told at commit
+    DECLARE
+        flip record;
+        flips integer := 0;
+    BEGIN
+        FOR flip IN
+            UPDATE tenancy.tenants t
+            SET over_quota_since = CASE WHEN t.over_quota_since IS NULL THEN now_ts END
+            FROM tenancy_metrics_now m
+            WHERE m.tenant_id = t.id
+              AND (t.over_quota_since IS NULL) = (t.max_storage_bytes IS NOT NULL AND m.total_bytes > t.max_storage_bytes)
+            RETURNING t.id, t.slug, t.over_quota_since, t.max_storage_bytes, m.total_bytes
+        LOOP
+            PERFORM tenancy._audit_write(CASE WHEN flip.over_quota_since IS NULL THEN 'quota_restored' ELSE 'quota_exceeded' END,
+                                         flip.id, flip.slug,
+                                         jsonb_build_object('total_bytes', flip.total_bytes,
+                                                            'max_storage_bytes', flip.max_storage_bytes));
+            flips := flips + 1;
+        END LOOP;
+        IF flips > 0 THEN
+            PERFORM tenancy._tenants_changed();
+        END IF;
+    END;
     UPDATE tenancy.jobs SET last_finished_at = clock_timestamp(), last_started_at = now_ts,
                             last_duration_ms = extract(epoch FROM clock_timestamp() - now_ts) * 1000,
                             last_result = jsonb_build_object('tenants', n), last_error = NULL, failures = 0,

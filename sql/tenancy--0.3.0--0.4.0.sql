@@ -6,7 +6,9 @@
 -- the migrations that move version 1 tenants to it. ALTER EXTENSION UPDATE
 -- waits for the worker instead of deadlocking with it (in the library).
 -- Batch items are made by the library, several per transaction, each in
--- its own subtransaction with its own result.
+-- its own subtransaction with its own result. Tenants move between shared
+-- and schema isolation (move_tenant), are cloned (clone_tenant), exported
+-- and imported (export_tenant), and their storage quota is enforced.
 
 -- The queue runner is Rust now (src/queue.rs), taking several items per
 -- transaction: _process_next() changes its signature, and the SQL copies of
@@ -25,6 +27,13 @@ DROP FUNCTION tenancy._uuid_or_null(text);
 DROP FUNCTION tenancy._queue_migrations(text, text[], integer, integer, boolean);
 -- a pooled schema is built with its role, which the claim renames
 ALTER TABLE tenancy.pool ADD COLUMN role_name name;
+
+-- storage quotas enforced: refresh_metrics marks a tenant over its
+-- max_storage_bytes, and the library refuses its writes while it is marked
+ALTER TABLE tenancy.tenants ADD COLUMN over_quota_since timestamptz;
+-- a batch kind that moves tenants between isolation modes (move_tenants)
+ALTER TABLE tenancy.batches DROP CONSTRAINT batches_kind_check,
+    ADD CONSTRAINT batches_kind_check CHECK (kind IN ('provision', 'migrate', 'move'));
 
 -- a tenant's role is made by the library, in one statement string
 DROP FUNCTION tenancy._setup_tenant_role(name, name, boolean, boolean);
@@ -962,9 +971,19 @@ BEGIN
                 features = CASE WHEN changes ? 'features' THEN tenancy._merge(features, changes->'features') ELSE features END,
                 max_users = CASE WHEN changes ? 'max_users' THEN (changes->>'max_users')::integer ELSE max_users END,
                 max_storage_bytes = CASE WHEN changes ? 'max_storage_bytes' THEN (changes->>'max_storage_bytes')::bigint ELSE max_storage_bytes END,
+                -- a quota raised over the last measured size allows writes at once
+                over_quota_since = CASE WHEN changes ? 'max_storage_bytes'
+                                         AND (changes->>'max_storage_bytes' IS NULL
+                                              OR (SELECT m.total_bytes FROM tenancy.tenant_metrics m WHERE m.tenant_id = cur.id
+                                                  ORDER BY m.collected_at DESC LIMIT 1) <= (changes->>'max_storage_bytes')::bigint)
+                                        THEN NULL ELSE over_quota_since END,
                 updated_at = now()
             WHERE id = cur.id
             RETURNING * INTO after;
+            IF cur.over_quota_since IS NOT NULL AND after.over_quota_since IS NULL THEN
+                PERFORM tenancy._audit('quota_restored', after, jsonb_build_object('max_storage_bytes', after.max_storage_bytes));
+                PERFORM tenancy._tenants_changed();
+            END IF;
             PERFORM tenancy._audit('bulk_update', after, jsonb_build_object(
                 'changes', changes,
                 'before', jsonb_build_object('name', cur.name, 'domain', cur.domain, 'status', cur.status,
@@ -1099,9 +1118,10 @@ BEGIN
             RETURN jsonb_build_object(
                 'tenant', t.slug, 'status', t.status, 'isolation', 'shared', 'template', t.template,
                 'template_version', t.template_version, 'shared_schema', schema_now,
-                'rows', per_table, 'row_count', row_estimate)
+                'rows', per_table, 'row_count', row_estimate, 'writes_refused_since', t.over_quota_since)
                 || tenancy._tenant_score(jsonb_build_object('status', t.status, 'template', t.template,
-                                                            'template_version', t.template_version));
+                                                            'template_version', t.template_version,
+                                                            'over_quota_since', t.over_quota_since::text));
         END;
     END IF;
     IF t.isolation = 'schema' AND to_regnamespace(quote_ident(schema_now)) IS NULL THEN
@@ -1160,8 +1180,10 @@ BEGIN
         'missing', coalesce(to_jsonb(missing), '[]'), 'extra', coalesce(to_jsonb(extra), '[]'),
         'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns, 'users', users_now,
         'hypertables', hypertables,
-        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes)
+        'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
+        'writes_refused_since', t.over_quota_since)
         || tenancy._tenant_score(jsonb_build_object(
+               'over_quota_since', t.over_quota_since::text,
                'status', t.status, 'template', t.template, 'template_version', t.template_version,
                'reference_error', reference_error, 'missing', coalesce(cardinality(missing), 0),
                'extra', coalesce(cardinality(extra), 0), 'users', users_now, 'max_users', t.max_users,
@@ -1206,6 +1228,15 @@ CREATE OR REPLACE FUNCTION "import_begin"(
 STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'import_begin_wrapper';
+
+CREATE OR REPLACE FUNCTION "move_tenants"(
+	"tenants" TEXT[], /* Vec < Option < String > > */
+	"isolation" TEXT, /* & str */
+	"options" jsonb DEFAULT '{}' /* Option < pgrx :: JsonB > */
+) RETURNS uuid /* Uuid */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'move_tenants_wrapper';
 
 CREATE OR REPLACE FUNCTION "provision_batch"(
 	"tenants" jsonb, /* JsonB */
@@ -1885,6 +1916,32 @@ BEGIN
     LEFT JOIN LATERAL (SELECT p.seq_scans_total, p.idx_scans_total FROM tenancy.tenant_metrics p
                        WHERE p.tenant_id = m.tenant_id ORDER BY p.collected_at DESC LIMIT 1) prev ON true;
     GET DIAGNOSTICS n = ROW_COUNT;
+
+    -- storage quotas: a tenant found over its max_storage_bytes is marked
+    -- (the library refuses its writes, src/quota.rs), one found under again
+    -- unmarked; each flip in the audit log, and sessions told at commit
+    DECLARE
+        flip record;
+        flips integer := 0;
+    BEGIN
+        FOR flip IN
+            UPDATE tenancy.tenants t
+            SET over_quota_since = CASE WHEN t.over_quota_since IS NULL THEN now_ts END
+            FROM tenancy_metrics_now m
+            WHERE m.tenant_id = t.id
+              AND (t.over_quota_since IS NULL) = (t.max_storage_bytes IS NOT NULL AND m.total_bytes > t.max_storage_bytes)
+            RETURNING t.id, t.slug, t.over_quota_since, t.max_storage_bytes, m.total_bytes
+        LOOP
+            PERFORM tenancy._audit_write(CASE WHEN flip.over_quota_since IS NULL THEN 'quota_restored' ELSE 'quota_exceeded' END,
+                                         flip.id, flip.slug,
+                                         jsonb_build_object('total_bytes', flip.total_bytes,
+                                                            'max_storage_bytes', flip.max_storage_bytes));
+            flips := flips + 1;
+        END LOOP;
+        IF flips > 0 THEN
+            PERFORM tenancy._tenants_changed();
+        END IF;
+    END;
     UPDATE tenancy.jobs SET last_finished_at = clock_timestamp(), last_started_at = now_ts,
                             last_duration_ms = extract(epoch FROM clock_timestamp() - now_ts) * 1000,
                             last_result = jsonb_build_object('tenants', n), last_error = NULL, failures = 0,

@@ -12,6 +12,7 @@ mod guc_scope;
 mod gucs;
 mod kept_plans;
 mod queue;
+mod quota;
 mod roles;
 mod schema_builder;
 mod worker;
@@ -61,6 +62,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
     api::rls::register_invalidation();
+    quota::install();
     // The worker and its shared memory exist only when preloaded; without
     // it, process_queue() does the same work when called.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {

@@ -4,7 +4,7 @@
 //! records every result of the claim in one statement (`_record_results`).
 //!
 //! ```text
-//! _claim_items ──> per item: subtransaction { provision_tenant | migrate_tenant }
+//! _claim_items ──> per item: subtransaction { provision_tenant | migrate_tenant | move_tenant }
 //!              ──> _record_results (succeeded / retry later / failed / cancelled)
 //! ```
 //!
@@ -146,6 +146,13 @@ fn run_item(item: &Claimed) -> Uuid {
     if let Some((tenant, to_version)) = item.migration {
         crate::api::migrate::migrate_tenant(tenant, to_version);
         return tenant;
+    }
+    // a `move` batch's item: the tenant and where it goes
+    if let (Some(tenant), Some(to)) = (
+        item.spec.get("tenant_id").and_then(Value::as_str),
+        item.spec.get("move_to").and_then(Value::as_str),
+    ) {
+        return crate::api::mobility::move_tenant(tenant, to);
     }
     // checked when queued; checked again, as the catalog may have changed
     let spec = parse_item(&item.spec).unwrap_or_else(|(_, problems)| {

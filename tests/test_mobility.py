@@ -11,7 +11,7 @@ import uuid
 import pytest
 from psycopg import errors
 
-from conftest import connect, wait_for
+from conftest import connect, wait_batch, wait_for
 
 # a template whose schema tables and shared tables hold the same columns,
 # with identities and a foreign key, so that a tenant can go both ways
@@ -341,6 +341,39 @@ def test_only_the_admin_moves_or_clones(db, fresh_db, login):
         c.execute("SELECT tenancy.clone_tenant('adm_mv', 'adm_copy')")
         assert c.execute("SELECT actor FROM tenancy.audit_log WHERE action = 'clone'").fetchone()[0] == login
     db.execute(f'REVOKE "{admin}" FROM "{login}"')
+
+
+def test_a_batch_moves_tenants_through_the_worker(db):
+    mob_template(db)
+    slugs = [f"mb_{i}" for i in range(5)]
+    for s in slugs:
+        provision(db, s)
+        fill(db, s, accounts=10, notes=2)
+    before = {s: fingerprint(db, s) for s in slugs}
+    db.execute("SELECT tenancy.move_tenant('mb_0', 'schema')")  # already there: not queued
+    # one that cannot move: a key of the application's points at its rows
+    db.execute("CREATE TABLE public.invoices (tenant_id uuid, account_id bigint, "
+               "FOREIGN KEY (tenant_id, account_id) REFERENCES shared_mob.accounts (tenant_id, id))")
+    db.execute("INSERT INTO public.invoices SELECT tenant_id, id FROM shared_mob.accounts "
+               "WHERE tenant_id = (SELECT id FROM tenancy.tenants WHERE slug = 'mb_4') LIMIT 1")
+    batch = db.execute("SELECT tenancy.move_tenants(%s, 'schema', '{\"max_concurrent\": 2}')", (slugs,)).fetchone()[0]
+    assert wait_batch(db, batch) == "partially_completed"
+    status = db.execute("SELECT tenancy.batch_status(%s)", (batch,)).fetchone()[0]
+    assert (status["total"], status["succeeded"], status["failed"]) == (4, 3, 1), status
+    failed = [r for r in status["results"] if not r["success"]]
+    assert failed[0]["slug"] == "mb_4" and "invoices" in failed[0]["error"], failed
+    for s in slugs[:4]:
+        assert where(db, s)[0] == "schema"
+        assert fingerprint(db, s) == before[s]
+    assert where(db, "mb_4")[0] == "shared" and fingerprint(db, "mb_4") == before["mb_4"]
+    assert [r["schema_name"] for r in status["results"] if r["success"]] == ["tenant_mb_1", "tenant_mb_2", "tenant_mb_3"]
+    with pytest.raises(errors.InvalidParameterValue):
+        db.execute("SELECT tenancy.move_tenants(ARRAY['mb_1'], 'nowhere')")
+    with pytest.raises(errors.UndefinedObject, match="mb_nobody"):
+        db.execute("SELECT tenancy.move_tenants(ARRAY['mb_1', 'mb_nobody'], 'shared')")
+    with pytest.raises(errors.InvalidParameterValue):
+        db.execute("SELECT tenancy.move_tenants(ARRAY['mb_1'], 'shared', '{\"retry\": 1}')")
+    db.execute("DROP TABLE public.invoices")
 
 
 # ---- export and import -------------------------------------------------------

@@ -57,7 +57,7 @@ fn export_tenant(tenant: &str) -> SetOfIterator<'static, String> {
     }
     let template = catalog::template_version(&t.template, Some(t.template_version));
     let place = place_of(&t, &template);
-    let tables: Vec<TableCopy> = tables_to_copy(&place, &place)
+    let tables: Vec<TableCopy> = tables_to_copy(None, &place, &place)
         .into_iter()
         .filter(|t| !t.column_names.is_empty())
         .collect();

@@ -87,8 +87,9 @@ pub struct TableCopy {
 /// made (a foreign key's table after the one it references), each checked
 /// against `to`: a table of the same name there (with the shared tables'
 /// `tenant_id` when `to` is shared) with every column. Anything that would
-/// be left behind is refused (0A000) before a row moves.
-pub fn tables_to_copy(from: &Place, to: &Place) -> Vec<TableCopy> {
+/// be left behind is refused (0A000) before a row moves; a table that holds
+/// nothing of `tenant`'s is left out.
+pub fn tables_to_copy(tenant: Option<Uuid>, from: &Place, to: &Place) -> Vec<TableCopy> {
     let scope = GucScope::new();
     scope.set("search_path", "pg_catalog, pg_temp");
     let rows = Spi::connect(|c| {
@@ -135,19 +136,28 @@ pub fn tables_to_copy(from: &Place, to: &Place) -> Vec<TableCopy> {
     .or_raise();
     let mut tables = Vec::with_capacity(rows.len());
     for (name, oid, counterpart, columns, column_names, missing) in rows {
-        if !counterpart {
-            raise(TenancyError::NotSupported(format!(
+        // a table with nothing of the tenant's has nothing to copy (and
+        // loses nothing where it has no counterpart): left out
+        if tenant.is_some_and(|id| !has_rows(id, from, &name)) {
+            continue;
+        }
+        let problem = if !counterpart {
+            Some(format!(
                 "table {name} of schema {} has no table of that name{} in schema {}: its rows would be left behind",
                 from.schema(),
                 if to.is_shared() { " with a uuid tenant_id column" } else { "" },
                 to.schema()
-            )));
-        }
-        if let Some(missing) = missing {
-            raise(TenancyError::NotSupported(format!(
-                "table {}.{name} has no column {missing}: those values would be lost",
-                to.schema()
-            )));
+            ))
+        } else {
+            missing.map(|missing| {
+                format!(
+                    "table {}.{name} has no column {missing}: those values would be lost",
+                    to.schema()
+                )
+            })
+        };
+        if let Some(problem) = problem {
+            raise(TenancyError::NotSupported(problem));
         }
         tables.push(TableCopy {
             name,
@@ -157,6 +167,22 @@ pub fn tables_to_copy(from: &Place, to: &Place) -> Vec<TableCopy> {
         });
     }
     tables
+}
+
+/// The tenant has rows in `table` of `from`. A fixed read of a plain table
+/// (its `tenant_id` a uuid), with this function's rights: a table of the
+/// shared schema that someone else made is not the owner role's to read.
+fn has_rows(id: Uuid, from: &Place, table: &str) -> bool {
+    let filter = if from.is_shared() {
+        " WHERE tenant_id OPERATOR(pg_catalog.=) $1"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {}{filter})",
+        qualified(from.schema(), table)
+    );
+    catalog::one_or_none(Spi::get_one_with_args::<bool>(&sql, &[id.into()])).unwrap_or(true)
 }
 
 /// Copies a tenant's rows of every table from one place to another: to
@@ -314,7 +340,7 @@ pub fn delete_shared_rows(id: Uuid, shared: &Place, tables: &[TableCopy]) {
 
 /// Moves a tenant to `isolation` ('schema' or 'shared'); returns its id.
 #[pg_extern(name = "_move_tenant")]
-fn move_tenant(tenant: &str, isolation: &str) -> Uuid {
+pub fn move_tenant(tenant: &str, isolation: &str) -> Uuid {
     let started = Instant::now();
     if isolation != "schema" && isolation != "shared" {
         raise(TenancyError::InvalidArgument(format!(
@@ -364,7 +390,7 @@ fn move_tenant(tenant: &str, isolation: &str) -> Uuid {
         }
         let timescale = check_prerequisites(&template);
         build_schema(&template, to.schema(), timescale.as_deref(), None);
-        let tables = tables_to_copy(&shared, &to);
+        let tables = tables_to_copy(Some(t.id), &shared, &to);
         let counts = copy_rows(t.id, t.id, &shared, &to, &tables);
         delete_shared_rows(t.id, &shared, &tables);
         advance_sequences(t.id, &to, &tables);
@@ -373,7 +399,7 @@ fn move_tenant(tenant: &str, isolation: &str) -> Uuid {
     } else {
         let from = Place::Schema(t.schema_name.clone().unwrap_or_default());
         ensure_shared_schema(&template);
-        let tables = tables_to_copy(&from, &shared);
+        let tables = tables_to_copy(Some(t.id), &from, &shared);
         // the tenant's sessions write no more to what is being copied
         for table in &tables {
             unsafe {
@@ -516,7 +542,7 @@ fn clone_tenant(tenant: &str, new_slug: Option<&str>, options: Option<pgrx::Json
     } else {
         Place::Schema(template.spec.schema_name(slug))
     };
-    let tables = tables_to_copy(&from, &to);
+    let tables = tables_to_copy(Some(src.id), &from, &to);
     if !from.is_shared() {
         // the source's writers wait while its tables are read one by one
         for table in &tables {
@@ -540,4 +566,81 @@ fn clone_tenant(tenant: &str, new_slug: Option<&str>, options: Option<pgrx::Json
         duration_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
     });
     id
+}
+
+/// Queues one move per listed tenant not yet in `isolation` and returns the
+/// batch: the worker (or `process_queue`) moves each in a transaction of its
+/// own, `max_concurrent` at once, with a result per tenant (`batch_status`).
+/// For tenants too large to move in the caller's transaction.
+#[pg_extern(name = "move_tenants")]
+fn move_tenants(
+    tenants: Vec<Option<String>>,
+    isolation: &str,
+    options: default!(Option<pgrx::JsonB>, "'{}'"),
+) -> Uuid {
+    if isolation != "schema" && isolation != "shared" {
+        raise(TenancyError::InvalidArgument(format!(
+            "isolation must be 'schema' or 'shared', not {isolation:?}"
+        )));
+    }
+    let max_concurrent =
+        tenancy_core::batch_options::parse_migration_options(options.as_ref().map(|j| &j.0))
+            .or_raise();
+    let tenants: Vec<String> = tenants.into_iter().flatten().collect();
+    let unknown = catalog::one_or_none(Spi::get_one_with_args::<String>(
+        "SELECT string_agg(format('%s', x), ', ' ORDER BY x) FROM unnest($1::text[]) x \
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.tenants t \
+                           WHERE t.id = tenancy._tenant_id(x) AND t.status IN ('active', 'suspended'))",
+        &[tenants.clone().into()],
+    ));
+    if let Some(unknown) = unknown {
+        crate::error::raise_with(
+            crate::error::sqlstate("42704"),
+            format!("no active or suspended tenant: {unknown}"),
+            None,
+            None,
+        );
+    }
+    let (batch, n) = Spi::connect_mut(|c| {
+        let row = c
+            .update(
+                "WITH pending AS (SELECT DISTINCT t.id, t.slug FROM unnest($1::text[]) x \
+                                  JOIN tenancy.tenants t ON t.id = tenancy._tenant_id(x) \
+                                  WHERE t.isolation <> $2), \
+                      b AS (INSERT INTO tenancy.batches (kind, total, max_concurrent, retry_attempts, retry_delay, \
+                                                         options, status, started_at, finished_at) \
+                            SELECT 'move', n, $3, $4, $5 * interval '1 millisecond', \
+                                   jsonb_build_object('isolation', $2::text, 'max_concurrent', $3), \
+                                   CASE WHEN n = 0 THEN 'completed' ELSE 'queued' END::tenancy.batch_state, \
+                                   CASE WHEN n = 0 THEN now() END, CASE WHEN n = 0 THEN now() END \
+                            FROM (SELECT count(*)::int AS n FROM pending) c \
+                            RETURNING id, total), \
+                      items AS (INSERT INTO tenancy.batch_items (batch_id, ordinal, slug, spec) \
+                                SELECT b.id, row_number() OVER (ORDER BY p.slug), p.slug, \
+                                       jsonb_build_object('tenant_id', p.id, 'move_to', $2::text) \
+                                FROM pending p, b) \
+                 SELECT id, total FROM b",
+                Some(1),
+                &[
+                    tenants.into(),
+                    isolation.into(),
+                    max_concurrent.into(),
+                    crate::gucs::RETRY_ATTEMPTS.get().into(),
+                    (crate::gucs::RETRY_DELAY_MS.get() as f64).into(),
+                ],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::Error>((row.get::<Uuid>(1)?, row.get::<i32>(2)?))
+    })
+    .or_raise();
+    let batch = batch.expect("INSERT RETURNING gives a row");
+    catalog::audit(AuditEntry {
+        action: "move_batch",
+        tenant_id: None,
+        tenant_slug: None,
+        details: json!({"batch": batch.to_string(), "to": isolation, "tenants": n.unwrap_or(0)}),
+        duration_ms: None,
+    });
+    crate::worker::wake_on_commit();
+    batch
 }

@@ -53,6 +53,9 @@ pub struct TenantFindings {
     pub max_storage_bytes: Option<i64>,
     pub size_pretty: Option<String>,
     pub max_storage_pretty: Option<String>,
+    /// Since when its writes are refused (refresh_metrics found it over its
+    /// storage quota).
+    pub over_quota_since: Option<String>,
 }
 
 /// The score of one tenant: what its status, its drift from its template
@@ -96,12 +99,17 @@ pub fn tenant_score(f: &TenantFindings) -> Score {
             s.lower(20, format!("{users} users, over its quota of {max}"));
         }
     }
-    if let (Some(size), Some(max)) = (f.size_bytes, f.max_storage_bytes) {
+    if let Some(since) = &f.over_quota_since {
+        s.lower(
+            30,
+            format!("its writes are refused since {since}: its storage is over its quota"),
+        );
+    } else if let (Some(size), Some(max)) = (f.size_bytes, f.max_storage_bytes) {
         if size > max {
             s.lower(
                 20,
                 format!(
-                    "storage {} is over its quota of {}",
+                    "storage {} is over its quota of {} (writes refused from the next refresh_metrics)",
                     f.size_pretty.as_deref().unwrap_or("?"),
                     f.max_storage_pretty.as_deref().unwrap_or("?")
                 ),
@@ -122,6 +130,19 @@ mod tests {
             template_version: 1,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn refused_writes_lower_it_once() {
+        let f = TenantFindings {
+            size_bytes: Some(10),
+            max_storage_bytes: Some(5),
+            over_quota_since: Some("2026-12-05 07:00:00+00".into()),
+            ..active()
+        };
+        let s = tenant_score(&f);
+        assert_eq!(s.value(), 70);
+        assert!(s.reasons()[0].contains("writes are refused since 2026-12-05"));
     }
 
     #[test]

@@ -1,0 +1,257 @@
+//! Storage quotas enforced. `refresh_metrics` marks a tenant whose measured
+//! size is over its `max_storage_bytes` (`tenancy.tenants.over_quota_since`)
+//! and clears the mark when a later refresh finds it under; while marked, its
+//! writes are refused (53400), its reads and deletes still work.
+//!
+//! Checked where PostgreSQL checks a statement's privileges, before any row
+//! is touched (`ExecutorCheckPerms_hook`, which COPY FROM passes through
+//! too): an INSERT, an UPDATE of columns or a MERGE into a table of a marked
+//! schema tenant's schema, or into a shared table while the session acts as
+//! a marked shared tenant. The extension's own work and the cascades of
+//! foreign keys (both as the owner role) and superusers are not refused. Each backend keeps the marked tenants it read,
+//! forgotten when `tenancy.tenants` is invalidated (`_tenants_changed`).
+
+use crate::error::{raise_with, sqlstate};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+
+/// A marked tenant, as its error tells it.
+#[derive(Clone)]
+struct Marked {
+    slug: String,
+    size: Option<i64>,
+    max: Option<i64>,
+    since: String,
+}
+
+#[derive(Default)]
+struct State {
+    /// schema tenants, by their schema's OID
+    schemas: HashMap<pg_sys::Oid, Marked>,
+    /// shared tenants, by id
+    shared: HashMap<[u8; 16], Marked>,
+    /// the shared schemas (of every template with shared tenants)
+    shared_schemas: HashSet<pg_sys::Oid>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+    /// STATE is what the catalog says: cleared by an invalidation (which can
+    /// arrive while STATE is being read, hence apart from it)
+    static LOADED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// the OID of tenancy.tenants when read: its invalidation forgets all
+    static TENANTS_REL: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+    /// set while this module reads the catalog (its own queries pass the hook)
+    static READING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+static mut PREV_CHECK_PERMS: pg_sys::ExecutorCheckPerms_hook_type = None;
+
+/// Called from `_PG_init`, preloaded or loaded by a session.
+pub fn install() {
+    unsafe {
+        PREV_CHECK_PERMS = pg_sys::ExecutorCheckPerms_hook;
+        pg_sys::ExecutorCheckPerms_hook = Some(check_perms);
+        pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid || relid == TENANTS_REL.with(|r| r.get()) {
+        LOADED.with(|l| l.set(false));
+    }
+}
+
+/// The marked tenants of this database (none where the extension, or the
+/// column of this release, is not there).
+fn load() -> State {
+    let mut state = State::default();
+    let rel = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), true);
+        pg_sys::get_relname_relid(c"tenants".as_ptr(), nsp)
+    };
+    TENANTS_REL.with(|r| r.set(rel));
+    let has_column = rel != pg_sys::InvalidOid
+        && unsafe { pg_sys::get_attnum(rel, c"over_quota_since".as_ptr()) }
+            != pg_sys::InvalidAttrNumber as i16;
+    if !has_column {
+        return state;
+    }
+    READING.with(|r| r.set(true));
+    let rows = crate::roles::as_superuser(|| {
+        Spi::connect(|c| {
+            let mut out = Vec::new();
+            for r in c.select(
+                "SELECT t.id, t.slug, t.isolation, \
+                        to_regnamespace(quote_ident(CASE WHEN t.isolation = 'shared' \
+                                                         THEN tenancy._access_schema(t) ELSE t.schema_name END))::oid, \
+                        t.max_storage_bytes, t.over_quota_since::text, \
+                        (SELECT m.total_bytes FROM tenancy.tenant_metrics m WHERE m.tenant_id = t.id \
+                         ORDER BY m.collected_at DESC LIMIT 1) \
+                 FROM tenancy.tenants t \
+                 WHERE t.over_quota_since IS NOT NULL AND t.status IN ('active', 'suspended')",
+                None,
+                &[],
+            )? {
+                out.push((
+                    r.get::<pgrx::Uuid>(1)?,
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                    r.get::<pg_sys::Oid>(4)?,
+                    r.get::<i64>(5)?,
+                    r.get::<String>(6)?.unwrap_or_default(),
+                    r.get::<i64>(7)?,
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    });
+    READING.with(|r| r.set(false));
+    let Ok(rows) = rows else {
+        return state;
+    };
+    for (id, slug, isolation, schema, max, since, size) in rows {
+        let marked = Marked {
+            slug,
+            size,
+            max,
+            since,
+        };
+        match (isolation.as_str(), id, schema) {
+            ("shared", Some(id), Some(schema)) => {
+                state.shared_schemas.insert(schema);
+                state.shared.insert(*id.as_bytes(), marked);
+            }
+            (_, _, Some(schema)) => {
+                state.schemas.insert(schema, marked);
+            }
+            _ => {}
+        }
+    }
+    state
+}
+
+/// What a statement does to one relation: does it write rows there?
+fn writes(perms: pg_sys::AclMode, updated_cols: *mut pg_sys::Bitmapset) -> bool {
+    perms & pg_sys::ACL_INSERT as pg_sys::AclMode != 0
+        // UPDATE of columns; SELECT ... FOR UPDATE asks for the privilege
+        // but changes nothing
+        || (perms & pg_sys::ACL_UPDATE as pg_sys::AclMode != 0 && !updated_cols.is_null())
+}
+
+/// Refuses (53400) a write into `relid` when it belongs to a marked tenant.
+fn check_relation(relid: pg_sys::Oid) {
+    let nsp = unsafe { pg_sys::get_rel_namespace(relid) };
+    let found = STATE.with(|s| {
+        let s = s.borrow();
+        if let Some(m) = s.schemas.get(&nsp) {
+            return Some(m.clone());
+        }
+        if s.shared_schemas.contains(&nsp) {
+            let id = crate::gucs::TENANT_ID.get()?;
+            let bytes = tenancy_core::slug::uuid_bytes(id.to_str().ok()?)?;
+            return s.shared.get(&bytes).cloned();
+        }
+        None
+    });
+    let Some(m) = found else {
+        return;
+    };
+    let pretty = |v: Option<i64>| v.map_or("?".to_string(), |b| format!("{b} bytes"));
+    raise_with(
+        sqlstate("53400"),
+        format!(
+            "tenant {:?} is over its storage quota: writes are refused",
+            m.slug
+        ),
+        Some(format!(
+            "It measured {} against max_storage_bytes {} (refresh_metrics, since {}).",
+            pretty(m.size),
+            pretty(m.max),
+            m.since
+        )),
+        Some("Delete rows, or raise max_storage_bytes (tenancy.bulk_update); the next tenancy.refresh_metrics() that finds it under allows writes again.".into()),
+    );
+}
+
+/// Nothing to check: no marked tenant, or a user the quotas do not apply to.
+fn exempt() -> bool {
+    // the owner role: the extension's own work, and the foreign keys'
+    // cascades of a delete (PostgreSQL runs them as the table's owner)
+    if READING.with(|r| r.get())
+        || unsafe { pg_sys::superuser() }
+        || crate::roles::role_oid(&crate::roles::owner_role())
+            == Some(unsafe { pg_sys::GetUserId() })
+    {
+        return true;
+    }
+    if !LOADED.with(|l| l.get()) {
+        // only inside a transaction can the catalog be read
+        if !unsafe { pg_sys::IsTransactionState() } {
+            return true;
+        }
+        LOADED.with(|l| l.set(true));
+        let state = load();
+        STATE.with(|s| *s.borrow_mut() = state);
+    }
+    STATE.with(|s| {
+        let s = s.borrow();
+        s.schemas.is_empty() && s.shared.is_empty()
+    })
+}
+
+#[cfg(feature = "pg15")]
+#[pg_guard]
+unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport: bool) -> bool {
+    if let Some(prev) = PREV_CHECK_PERMS {
+        if !prev(range_table, ereport) {
+            return false;
+        }
+    }
+    if !ereport {
+        return true;
+    }
+    let rtes = pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg(range_table);
+    let targets: Vec<pg_sys::Oid> = rtes
+        .iter_ptr()
+        .filter(|rte| {
+            let rte = &**rte;
+            rte.rtekind == pg_sys::RTEKind::RTE_RELATION
+                && writes(rte.requiredPerms, rte.updatedCols)
+        })
+        .map(|rte| (*rte).relid)
+        .collect();
+    if !targets.is_empty() && !exempt() {
+        targets.into_iter().for_each(check_relation);
+    }
+    true
+}
+
+#[cfg(not(feature = "pg15"))]
+#[pg_guard]
+unsafe extern "C-unwind" fn check_perms(
+    range_table: *mut pg_sys::List,
+    perm_infos: *mut pg_sys::List,
+    ereport: bool,
+) -> bool {
+    if let Some(prev) = PREV_CHECK_PERMS {
+        if !prev(range_table, perm_infos, ereport) {
+            return false;
+        }
+    }
+    if !ereport {
+        return true;
+    }
+    let infos = pgrx::PgList::<pg_sys::RTEPermissionInfo>::from_pg(perm_infos);
+    let targets: Vec<pg_sys::Oid> = infos
+        .iter_ptr()
+        .filter(|p| writes((**p).requiredPerms, (**p).updatedCols))
+        .map(|p| (*p).relid)
+        .collect();
+    if !targets.is_empty() && !exempt() {
+        targets.into_iter().for_each(check_relation);
+    }
+    true
+}

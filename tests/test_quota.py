@@ -1,0 +1,114 @@
+"""Storage quotas enforced: a tenant that refresh_metrics finds over its
+max_storage_bytes has its writes refused (53400) until it is under again,
+reads and deletes still working; checked as the tenant's own login."""
+
+import io
+import json
+import uuid
+
+import pytest
+from psycopg import errors
+
+from conftest import connect
+
+
+@pytest.fixture
+def login(db):
+    name = "quota_" + uuid.uuid4().hex[:8]
+    db.execute(f'CREATE ROLE "{name}" LOGIN')
+    yield name
+    db.execute(f'DROP OWNED BY "{name}"')
+    db.execute(f'DROP ROLE "{name}"')
+
+
+def grant_tenant(db, login, slug):
+    role = db.execute("SELECT role_name FROM tenancy.tenants WHERE slug = %s", (slug,)).fetchone()[0]
+    db.execute(f'GRANT "{role}" TO "{login}"')
+
+
+def audit(db, slug):
+    return [r[0] for r in db.execute("SELECT action FROM tenancy.audit_log WHERE tenant_slug = %s "
+                                     "AND action LIKE 'quota%%' ORDER BY id", (slug,)).fetchall()]
+
+
+def test_a_schema_tenant_over_its_quota_reads_but_does_not_write(db, fresh_db, login):
+    db.execute("SELECT tenancy.provision('q_big', NULL, 'default', '{\"max_storage_bytes\": 1000000}')")
+    db.execute("SELECT tenancy.provision('q_small', NULL, 'default', '{\"max_storage_bytes\": 1000000}')")
+    grant_tenant(db, login, "q_big")
+    grant_tenant(db, login, "q_small")
+    with connect(fresh_db, user=login, autocommit=True) as t:
+        # a session that read the (empty) list of marked tenants before the flip
+        t.execute("SELECT tenancy.set_tenant('q_big', false)")
+        t.execute("INSERT INTO users (email) VALUES ('first@x')")
+        t.execute("INSERT INTO users (email, display_name) SELECT 'u' || g || '@x', repeat('x', 500) "
+                  "FROM generate_series(1, 4000) g")
+        db.execute("SELECT tenancy.refresh_metrics()")
+        assert db.execute("SELECT over_quota_since IS NOT NULL FROM tenancy.tenants WHERE slug = 'q_big'").fetchone()[0]
+        assert db.execute("SELECT over_quota_since IS NULL FROM tenancy.tenants WHERE slug = 'q_small'").fetchone()[0]
+        assert audit(db, "q_big") == ["quota_exceeded"]
+
+        with pytest.raises(errors.ConfigurationLimitExceeded, match='tenant "q_big" is over its storage quota'):
+            t.execute("INSERT INTO users (email) VALUES ('more@x')")
+        with pytest.raises(errors.ConfigurationLimitExceeded):
+            t.execute("UPDATE users SET display_name = 'y' WHERE email = 'first@x'")
+        with pytest.raises(errors.ConfigurationLimitExceeded):
+            with t.cursor().copy("COPY users (email) FROM STDIN") as cp:
+                cp.write_row(("copied@x",))
+        with pytest.raises(errors.ConfigurationLimitExceeded):
+            t.execute("INSERT INTO items (owner_id, title) SELECT id, 'i' FROM users LIMIT 1")
+        # reads, row locks and deletes still work
+        assert t.execute("SELECT count(*) FROM users").fetchone()[0] == 4001
+        with t.transaction():
+            t.execute("SELECT * FROM users WHERE email = 'first@x' FOR UPDATE")
+        # another tenant of the same login is not held back
+        t.execute("SELECT tenancy.set_tenant('q_small', false)")
+        t.execute("INSERT INTO users (email) VALUES ('ok@x')")
+        t.execute("SELECT tenancy.set_tenant('q_big', false)")
+        health = db.execute("SELECT tenancy.health('q_big')").fetchone()[0]
+        assert health["writes_refused_since"] is not None
+        assert any("writes are refused" in r for r in health["reasons"]), health
+
+        # under again: deleted and vacuumed, and the next refresh allows writes
+        t.execute("DELETE FROM users WHERE display_name IS NOT NULL")
+        db.execute("VACUUM tenant_q_big.users")
+        db.execute("SELECT tenancy.refresh_metrics()")
+        assert audit(db, "q_big") == ["quota_exceeded", "quota_restored"]
+        t.execute("INSERT INTO users (email) VALUES ('again@x')")
+
+        # over again, then the quota raised: writes allowed at once
+        t.execute("INSERT INTO users (email, display_name) SELECT 'v' || g || '@x', repeat('x', 500) "
+                  "FROM generate_series(1, 4000) g")
+        db.execute("SELECT tenancy.refresh_metrics()")
+        with pytest.raises(errors.ConfigurationLimitExceeded):
+            t.execute("INSERT INTO users (email) VALUES ('more@x')")
+        db.execute("SELECT tenancy.bulk_update(ARRAY['q_big'], '{\"max_storage_bytes\": 100000000}')")
+        t.execute("INSERT INTO users (email) VALUES ('raised@x')")
+        assert audit(db, "q_big") == ["quota_exceeded", "quota_restored", "quota_exceeded", "quota_restored"]
+
+
+def test_a_shared_tenant_over_its_quota(db, fresh_db, login):
+    ids = {}
+    for slug in ("qs_big", "qs_small"):
+        ids[slug] = db.execute("SELECT id FROM tenancy.provision(%s, NULL, 'default', %s)",
+                               (slug, json.dumps({"isolation": "shared", "max_storage_bytes": 200000}))).fetchone()[0]
+    db.execute("INSERT INTO shared_default.users (tenant_id, email, display_name) "
+               "SELECT %s, 'u' || g || '@x', repeat('x', 500) FROM generate_series(1, 3000) g", (ids["qs_big"],))
+    db.execute("INSERT INTO shared_default.users (tenant_id, email) VALUES (%s, 'one@x')", (ids["qs_small"],))
+    db.execute("ANALYZE shared_default.users")
+    db.execute("SELECT tenancy.refresh_metrics()")
+    over = dict(db.execute("SELECT slug, over_quota_since IS NOT NULL FROM tenancy.tenants").fetchall())
+    assert over == {"qs_big": True, "qs_small": False}
+    grant_tenant(db, login, "qs_big")
+    grant_tenant(db, login, "qs_small")
+    with connect(fresh_db, user=login, autocommit=True) as t:
+        t.execute("SELECT tenancy.set_tenant('qs_big', false)")
+        with pytest.raises(errors.ConfigurationLimitExceeded):
+            t.execute("INSERT INTO shared_default.users (tenant_id, email) VALUES (%s, 'more@x')", (ids["qs_big"],))
+        with pytest.raises(errors.ConfigurationLimitExceeded):
+            t.execute("UPDATE shared_default.users SET email = 'moved@x' WHERE email = 'u1@x'")
+        assert t.execute("SELECT count(*) FROM shared_default.users").fetchone()[0] == 3000
+        assert t.execute("DELETE FROM shared_default.users WHERE email = 'u2@x'").rowcount == 1
+        t.execute("SELECT tenancy.set_tenant('qs_small', false)")
+        t.execute("INSERT INTO shared_default.users (tenant_id, email) VALUES (%s, 'fine@x')", (ids["qs_small"],))
+    health = db.execute("SELECT tenancy.health('qs_big')").fetchone()[0]
+    assert health["writes_refused_since"] is not None and health["score"] <= 70, health
