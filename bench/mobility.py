@@ -31,12 +31,14 @@ MOB = {
         "CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
         "account_id bigint NOT NULL REFERENCES accounts (id) ON DELETE CASCADE, body text, amount numeric)",
     ],
+    "indexes": ["CREATE INDEX notes_account_idx ON notes (account_id)"],
     "shared_tables": [
         "CREATE TABLE accounts (tenant_id uuid NOT NULL, id bigint GENERATED ALWAYS AS IDENTITY, "
         "name text NOT NULL, PRIMARY KEY (tenant_id, id))",
         "CREATE TABLE notes (tenant_id uuid NOT NULL, id bigint GENERATED ALWAYS AS IDENTITY, "
         "account_id bigint NOT NULL, body text, amount numeric, PRIMARY KEY (tenant_id, id), "
         "FOREIGN KEY (tenant_id, account_id) REFERENCES accounts (tenant_id, id) ON DELETE CASCADE)",
+        "CREATE INDEX notes_account_idx ON notes (tenant_id, account_id)",
     ],
 }
 
@@ -62,6 +64,7 @@ def main():
         a.execute(f'CREATE DATABASE "{db}"')
         a.execute(f'CREATE DATABASE "{db2}"')
     tmp = tempfile.mkdtemp()
+    targets = []
     times = {k: [] for k in ("move to schema", "copy to schema (client)", "move to shared",
                              "copy to shared (client)", "clone", "copy into a new tenant (client)",
                              "export + import", "pg_dump -n + restore (client)")}
@@ -87,6 +90,7 @@ def main():
                         c.execute("CREATE TABLE client.accounts (id bigint PRIMARY KEY, name text NOT NULL)")
                         c.execute("CREATE TABLE client.notes (id bigint PRIMARY KEY, account_id bigint NOT NULL "
                                   "REFERENCES client.accounts (id) ON DELETE CASCADE, body text, amount numeric)")
+                        c.execute("CREATE INDEX ON client.notes (account_id)")
                         for t in ("accounts", "notes"):
                             c.execute(f"INSERT INTO client.{t} ({cols[t]}) SELECT {cols[t]} FROM shared_mob.{t} "
                                       "WHERE tenant_id = %s", (tid,))
@@ -128,15 +132,22 @@ def main():
                 path = os.path.join(tmp, "big.sql")
                 conn_args = ["-X", "-q", "-h", str(args.host), "-p", str(args.port), "-U", "postgres"]
 
+                # a database of its own for each import (the tenant keeps its id)
+                target = f"{db2}_{run}"
+                c.execute(f'CREATE DATABASE "{target}"')
+                targets.append(target)
+                with psycopg.connect(dbname=target, **kw) as t:
+                    t.execute("CREATE EXTENSION tenancy")
+                    t.execute("SELECT tenancy.register_template('mob', %s)", (json.dumps(MOB),))
+
                 def export_import():
                     subprocess.run([f"{args.bin}/psql", *conn_args, "-d", db, "-At", "-c",
                                     "SELECT * FROM tenancy.export_tenant('big')", "-o", path], check=True)
-                    subprocess.run([f"{args.bin}/psql", *conn_args, "-d", db2, "-f", path], check=True,
+                    subprocess.run([f"{args.bin}/psql", *conn_args, "-d", target, "-f", path], check=True,
                                    stdout=subprocess.DEVNULL)
                 times["export + import"].append(timed(export_import))
-                assert c2.execute("SELECT count(*) FROM tenant_big.notes").fetchone()[0] == accounts * 4
-                c2.execute("SELECT tenancy.drop_tenant('big')")
-                c2.execute("SELECT tenancy.run_maintenance()")
+                with psycopg.connect(dbname=target, **kw) as t:
+                    assert t.execute("SELECT count(*) FROM tenant_big.notes").fetchone()[0] == accounts * 4
                 dump = os.path.join(tmp, "dump.sql")
 
                 def dump_restore():
@@ -152,6 +163,8 @@ def main():
         with psycopg.connect(dbname="postgres", **kw) as a:
             a.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
             a.execute(f'DROP DATABASE "{db2}" WITH (FORCE)')
+            for t in targets:
+                a.execute(f'DROP DATABASE "{t}" WITH (FORCE)')
     print(f"one tenant of {args.rows} rows ({accounts} accounts, {accounts * 4} notes), {args.runs} runs, median")
     pairs = [("move to schema", "copy to schema (client)"), ("move to shared", "copy to shared (client)"),
              ("clone", "copy into a new tenant (client)"), ("export + import", "pg_dump -n + restore (client)")]
