@@ -11,7 +11,7 @@
 //! foreign keys (both as the owner role) and superusers are not refused. Each backend keeps the marked tenants it read,
 //! forgotten when `tenancy.tenants` is invalidated (`_tenants_changed`).
 
-use crate::error::{raise_with, sqlstate};
+use crate::error::{raise_with, sqlstate, OrRaise};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -40,6 +40,8 @@ thread_local! {
     /// STATE is what the catalog says: cleared by an invalidation (which can
     /// arrive while STATE is being read, hence apart from it)
     static LOADED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// counts the invalidations: one during a load makes it stale at once
+    static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// the OID of tenancy.tenants when read: its invalidation forgets all
     static TENANTS_REL: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
     /// set while this module reads the catalog (its own queries pass the hook)
@@ -61,6 +63,7 @@ pub fn install() {
 unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     if relid == pg_sys::InvalidOid || relid == TENANTS_REL.with(|r| r.get()) {
         LOADED.with(|l| l.set(false));
+        GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
     }
 }
 
@@ -79,7 +82,6 @@ fn load() -> State {
     if !has_column {
         return state;
     }
-    READING.with(|r| r.set(true));
     let rows = crate::roles::as_superuser(|| {
         Spi::connect(|c| {
             let mut out = Vec::new();
@@ -108,10 +110,8 @@ fn load() -> State {
             Ok::<_, pgrx::spi::Error>(out)
         })
     });
-    READING.with(|r| r.set(false));
-    let Ok(rows) = rows else {
-        return state;
-    };
+    // an error reading the list fails the statement: never an empty list
+    let rows = rows.or_raise();
     for (id, slug, isolation, schema, max, since, size) in rows {
         let marked = Marked {
             slug,
@@ -192,9 +192,16 @@ fn exempt() -> bool {
         if !unsafe { pg_sys::IsTransactionState() } {
             return true;
         }
-        LOADED.with(|l| l.set(true));
-        let state = load();
+        let generation = GENERATION.with(|g| g.get());
+        // READING lets this module's own query through the hook; put back
+        // whatever happens to the query (an error inside it, a cancel, the
+        // stack's depth): a flag left set would exempt the session for good
+        READING.with(|r| r.set(true));
+        let state = PgTryBuilder::new(load)
+            .finally(|| READING.with(|r| r.set(false)))
+            .execute();
         STATE.with(|s| *s.borrow_mut() = state);
+        LOADED.with(|l| l.set(GENERATION.with(|g| g.get()) == generation));
     }
     STATE.with(|s| {
         let s = s.borrow();

@@ -273,6 +273,62 @@ def test_the_tenants_sessions_wait_for_the_move(db, fresh_db, login):
     assert db.execute("SELECT count(*) FROM tenant_mv_wait.accounts").fetchone()[0] == 4
 
 
+def test_a_write_into_an_empty_table_waits_for_the_move(db, fresh_db, login):
+    # hostile review: the tables a move left out as empty were not locked,
+    # and a row written there went away with the old schema
+    mob_template(db)
+    provision(db, "mv_empty", isolation="schema")
+    grant_tenant(db, login, "mv_empty")
+    mover = connect(fresh_db)
+    mover.execute("SELECT tenancy.move_tenant('mv_empty', 'shared')")
+    tenant = connect(fresh_db, user=login, autocommit=True)
+    tenant.execute("SELECT tenancy.set_tenant('mv_empty', false)")
+    failed = []
+
+    def write():
+        try:
+            tenant.execute("INSERT INTO tenant_mv_empty.accounts (name) VALUES ('written during the move')")
+        except Exception as e:  # noqa: BLE001
+            failed.append(e)
+    w = threading.Thread(target=write)
+    w.start()
+    wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                "AND query LIKE '%written during%'").fetchone()[0] == 1, what="the write to wait")
+    mover.commit()
+    w.join(30)
+    assert failed and isinstance(failed[0], errors.UndefinedTable), failed
+    tenant.close()
+    mover.close()
+    # a move in a transaction whose snapshot is older than its locks: refused
+    with connect(fresh_db) as c:
+        c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        with pytest.raises(errors.FeatureNotSupported, match="READ COMMITTED"):
+            c.execute("SELECT tenancy.move_tenant('mv_empty', 'schema')")
+
+
+def test_a_tenants_own_ids_do_not_use_up_a_shared_sequence(db):
+    # hostile review: a tenant picks its ids (OVERRIDING SYSTEM VALUE); moved
+    # or cloned into the shared tables, the shared sequence followed them
+    mob_template(db)
+    other = provision(db, "seq_other")
+    provision(db, "seq_big", isolation="schema")
+    db.execute("INSERT INTO tenant_seq_big.accounts (id, name) OVERRIDING SYSTEM VALUE "
+               "VALUES (9223372036854775000, 'the last id')")
+    last = db.execute("SELECT pg_sequence_last_value('shared_mob.accounts_id_seq')").fetchone()[0]
+    with pytest.raises(errors.NumericValueOutOfRange, match="more than half"):
+        db.execute("SELECT tenancy.move_tenant('seq_big', 'shared')")
+    with pytest.raises(errors.NumericValueOutOfRange):
+        db.execute("SELECT tenancy.clone_tenant('seq_big', 'seq_copy', '{\"isolation\": \"shared\"}')")
+    assert db.execute("SELECT pg_sequence_last_value('shared_mob.accounts_id_seq')").fetchone()[0] == last
+    assert where(db, "seq_big")[0] == "schema"
+    db.execute("INSERT INTO shared_mob.accounts (tenant_id, name) VALUES (%s, 'still fine')", (other,))
+    # ids that fit move, and the shared sequence goes past them
+    db.execute("DELETE FROM tenant_seq_big.accounts")
+    db.execute("INSERT INTO tenant_seq_big.accounts (id, name) OVERRIDING SYSTEM VALUE VALUES (5000, 'fits')")
+    db.execute("SELECT tenancy.move_tenant('seq_big', 'shared')")
+    assert db.execute("SELECT pg_sequence_last_value('shared_mob.accounts_id_seq')").fetchone()[0] == 5000
+
+
 def test_clone_copies_the_data_into_a_new_tenant(db, fresh_db, login):
     mob_template(db)
     src = provision(db, "cl_src")

@@ -112,3 +112,40 @@ def test_a_shared_tenant_over_its_quota(db, fresh_db, login):
         t.execute("INSERT INTO shared_default.users (tenant_id, email) VALUES (%s, 'fine@x')", (ids["qs_small"],))
     health = db.execute("SELECT tenancy.health('qs_big')").fetchone()[0]
     assert health["writes_refused_since"] is not None and health["score"] <= 70, health
+
+
+def test_an_error_inside_the_quota_lookup_exempts_nothing(db, fresh_db, login):
+    # hostile review: a stack-depth error raised while the session first read
+    # the list of tenants over their quota left it exempt for good
+    tid = db.execute("SELECT id FROM tenancy.provision('q_deep', NULL, 'default', "
+                     "'{\"isolation\": \"shared\", \"max_storage_bytes\": 1}')").fetchone()[0]
+    db.execute("INSERT INTO shared_default.users (tenant_id, email) VALUES (%s, 'a@x')", (tid,))
+    db.execute("SELECT tenancy.refresh_metrics()")
+    grant_tenant(db, login, "q_deep")
+    with connect(fresh_db, user=login, autocommit=True) as t:
+        t.execute("SELECT tenancy.set_tenant('q_deep', false)")
+        t.execute("""CREATE FUNCTION pg_temp.g(n int) RETURNS int LANGUAGE plpgsql AS $$
+                     BEGIN
+                         IF n = 0 THEN
+                             INSERT INTO shared_default.users (tenant_id, email) VALUES (tenancy.current_tenant_id(), 'deep@x');
+                             RETURN 0;
+                         END IF;
+                         RETURN pg_temp.g(n - 1);
+                     END $$""")
+        # from deeper than the stack allows to shallower, until the insert
+        # itself is reached: at some depth the error lands inside the lookup
+        t.execute("""DO $$
+                     DECLARE st text; ctx text;
+                     BEGIN
+                         FOR n IN REVERSE 2000..1 LOOP
+                             BEGIN
+                                 PERFORM pg_temp.g(n);
+                             EXCEPTION WHEN OTHERS THEN
+                                 GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, ctx = PG_EXCEPTION_CONTEXT;
+                                 EXIT WHEN st = '53400' OR ctx LIKE '%INSERT INTO shared_default%';
+                             END;
+                         END LOOP;
+                     END $$""")
+        with pytest.raises(errors.ConfigurationLimitExceeded):
+            t.execute("INSERT INTO shared_default.users (tenant_id, email) VALUES (%s, 'b@x')", (tid,))
+    assert db.execute("SELECT count(*) FROM shared_default.users WHERE tenant_id = %s", (tid,)).fetchone()[0] == 1

@@ -461,7 +461,6 @@ fn import_finish() -> Uuid {
             counts.insert(name.clone(), json!(done));
             tables.push(TableCopy {
                 name: name.clone(),
-                oid: pg_sys::InvalidOid,
                 columns: cols,
                 column_names: columns.clone(),
             });

@@ -4,7 +4,7 @@
 //! where they were. The SQL wrapper (sql/finalize.sql) returns the row.
 
 use crate::catalog::{self, AuditEntry};
-use crate::error::{raise, OrRaise};
+use crate::error::{raise, raise_with, sqlstate, OrRaise};
 use crate::guc_scope::GucScope;
 use crate::schema_builder::{build_schema, check_prerequisites, ensure_shared_schema};
 use pgrx::prelude::*;
@@ -75,7 +75,6 @@ impl Place {
 /// One table of the tenant's, and the columns its rows are copied by.
 pub struct TableCopy {
     pub name: String,
-    pub oid: pg_sys::Oid,
     /// quoted, in the source table's order; never `tenant_id`, never a
     /// generated column
     pub columns: String,
@@ -135,7 +134,7 @@ pub fn tables_to_copy(tenant: Option<Uuid>, from: &Place, to: &Place) -> Vec<Tab
     })
     .or_raise();
     let mut tables = Vec::with_capacity(rows.len());
-    for (name, oid, counterpart, columns, column_names, missing) in rows {
+    for (name, _oid, counterpart, columns, column_names, missing) in rows {
         // a table with nothing of the tenant's has nothing to copy (and
         // loses nothing where it has no counterpart): left out
         if tenant.is_some_and(|id| !has_rows(id, from, &name)) {
@@ -161,7 +160,6 @@ pub fn tables_to_copy(tenant: Option<Uuid>, from: &Place, to: &Place) -> Vec<Tab
         }
         tables.push(TableCopy {
             name,
-            oid,
             columns,
             column_names,
         });
@@ -305,14 +303,47 @@ pub fn advance_sequences(id: Uuid, to: &Place, tables: &[TableCopy]) {
     crate::roles::as_owner("pg_catalog, pg_temp", Some(id), || {
         for (oid, seq, column, table) in &seqs {
             unsafe { pg_sys::LockRelationOid(*oid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
+            // the largest value now there, where the sequence is, its end
+            let found = Spi::connect(|c| {
+                let row = c
+                    .select(
+                        &format!(
+                            "SELECT (SELECT pg_catalog.max({column}) FROM {table})::pg_catalog.int8, \
+                                    COALESCE(pg_catalog.pg_sequence_last_value($1::pg_catalog.regclass), s.seqstart OPERATOR(pg_catalog.-) 1), \
+                                    s.seqmax \
+                             FROM pg_catalog.pg_sequence s \
+                             WHERE s.seqrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+                        ),
+                        Some(1),
+                        &[seq.as_str().into()],
+                    )?
+                    .first();
+                Ok::<_, pgrx::spi::Error>((
+                    row.get::<i64>(1)?,
+                    row.get::<i64>(2)?.unwrap_or(0),
+                    row.get::<i64>(3)?.unwrap_or(i64::MAX),
+                ))
+            })
+            .or_raise();
+            let (Some(max), last, end) = found else {
+                continue;
+            };
+            if max <= last {
+                continue;
+            }
+            // a shared sequence serves every tenant: one tenant's ids (its own
+            // to choose, with OVERRIDING SYSTEM VALUE) must not use it up
+            if to.is_shared() && (max as i128 - last as i128) > (end as i128 - last as i128) / 2 {
+                raise_with(
+                    sqlstate("22003"),
+                    format!("{table}.{column} would jump from {last} to {max}, more than half of what is left of its sequence {seq}"),
+                    Some("The sequence is shared by every tenant of the table.".into()),
+                    Some("Give the tenant's rows smaller ids first.".into()),
+                );
+            }
             Spi::run_with_args(
-                &format!(
-                    "SELECT pg_catalog.setval($1::pg_catalog.regclass, x.m) \
-                     FROM (SELECT pg_catalog.max({column}) AS m FROM {table}) x \
-                     WHERE x.m IS NOT NULL \
-                       AND x.m OPERATOR(pg_catalog.>) COALESCE(pg_catalog.pg_sequence_last_value($1::pg_catalog.regclass), 0)"
-                ),
-                &[seq.as_str().into()],
+                "SELECT pg_catalog.setval($1::pg_catalog.regclass, $2)",
+                &[seq.as_str().into(), max.into()],
             )
             .or_raise();
         }
@@ -336,6 +367,29 @@ pub fn delete_shared_rows(id: Uuid, shared: &Place, tables: &[TableCopy]) {
             .or_raise();
         }
     });
+}
+
+/// Locks every table of a schema (partitions too: a write can name one)
+/// in `mode`, before anything of it is read: the writers of the tenant wait
+/// from here on, whether or not a table has rows yet.
+fn lock_schema_tables(schema: &str, mode: u32) {
+    let oids: Vec<pg_sys::Oid> = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT c.oid FROM pg_catalog.pg_class c \
+             WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($1)) \
+               AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[]) ORDER BY c.oid",
+            None,
+            &[schema.into()],
+        )? {
+            out.push(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_raise();
+    for oid in oids {
+        unsafe { pg_sys::LockRelationOid(oid, mode as pg_sys::LOCKMODE) };
+    }
 }
 
 /// Moves a tenant to `isolation` ('schema' or 'shared'); returns its id.
@@ -372,6 +426,13 @@ pub fn move_tenant(tenant: &str, isolation: &str) -> Uuid {
         .role_name
         .clone()
         .unwrap_or_else(|| crate::roles::tenant_role(&t.slug));
+    // a snapshot older than the locks below would miss rows written before
+    // them: copied from nowhere, deleted from nowhere, lost with the old place
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        raise(TenancyError::NotSupported(
+            "move_tenant runs in READ COMMITTED transactions only: a REPEATABLE READ or SERIALIZABLE snapshot, taken before the tenant was locked, would not see rows written since".into(),
+        ));
+    }
     // the tenant's sessions (the shared tables' policy) wait from here on
     crate::api::rls::lock_tenant(
         *t.id.as_bytes(),
@@ -399,13 +460,10 @@ pub fn move_tenant(tenant: &str, isolation: &str) -> Uuid {
     } else {
         let from = Place::Schema(t.schema_name.clone().unwrap_or_default());
         ensure_shared_schema(&template);
+        // the tenant's sessions write no more to its schema, empty tables
+        // included (a row written there now would go with the old schema)
+        lock_schema_tables(from.schema(), pg_sys::ExclusiveLock);
         let tables = tables_to_copy(Some(t.id), &from, &shared);
-        // the tenant's sessions write no more to what is being copied
-        for table in &tables {
-            unsafe {
-                pg_sys::LockRelationOid(table.oid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE)
-            };
-        }
         let counts = copy_rows(t.id, t.id, &from, &shared, &tables);
         advance_sequences(t.id, &shared, &tables);
         // the old schema leaves the tenant namespace now; the worker drops
@@ -542,13 +600,11 @@ fn clone_tenant(tenant: &str, new_slug: Option<&str>, options: Option<pgrx::Json
     } else {
         Place::Schema(template.spec.schema_name(slug))
     };
-    let tables = tables_to_copy(Some(src.id), &from, &to);
     if !from.is_shared() {
         // the source's writers wait while its tables are read one by one
-        for table in &tables {
-            unsafe { pg_sys::LockRelationOid(table.oid, pg_sys::ShareLock as pg_sys::LOCKMODE) };
-        }
+        lock_schema_tables(from.schema(), pg_sys::ShareLock);
     }
+    let tables = tables_to_copy(Some(src.id), &from, &to);
     let counts = copy_rows(src.id, id, &from, &to, &tables);
     advance_sequences(id, &to, &tables);
     catalog::audit(AuditEntry {
