@@ -126,7 +126,7 @@ BEGIN
                    'tenancy._copy_partition_indexes(regclass, regclass) TO %I', owner);
     -- what tenants' own sessions need: the context and the policies' functions
     GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
-    GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.admin_role(),
+    GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.tenant_may_write(), tenancy.admin_role(),
                               tenancy.set_tenant(text, boolean), tenancy.set_tenant(uuid, boolean) TO PUBLIC;
 
     -- set_tenant reads the catalog as the owner, but must not pin
@@ -139,7 +139,7 @@ BEGIN
     FOR r IN
         SELECT p.oid::regprocedure AS f FROM pg_proc p
         WHERE p.pronamespace = 'tenancy'::regnamespace AND p.prokind = 'f'
-          AND p.proname NOT IN ('current_tenant_id', 'set_tenant', 'admin_role', '_maintain_partitions',
+          AND p.proname NOT IN ('current_tenant_id', 'tenant_may_write', 'set_tenant', 'admin_role', '_maintain_partitions',
                                 '_copy_partition_indexes', '_save_catalog', '_caller',
                                 '_is_own_role', '_apply_privileges')
           AND NOT p.prosecdef

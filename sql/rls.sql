@@ -34,8 +34,11 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tbl AND polname = 'tenancy_isolation') THEN
         EXECUTE format('DROP POLICY tenancy_isolation ON %s', tbl);
     END IF;
+    -- a row is written only in the current tenant's context, and only while
+    -- that tenant is under its storage quota (src/quota.rs)
     EXECUTE format('CREATE POLICY tenancy_isolation ON %s AS PERMISSIVE FOR ALL TO PUBLIC '
-                   'USING (%I = tenancy.current_tenant_id()) WITH CHECK (%I = tenancy.current_tenant_id())',
+                   'USING (%I = tenancy.current_tenant_id()) '
+                   'WITH CHECK (%I = tenancy.current_tenant_id() AND tenancy.tenant_may_write())',
                    tbl, tenant_column, tenant_column);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', tbl, tenancy._db_role('all_tenants'));
     SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

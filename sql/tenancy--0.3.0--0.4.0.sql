@@ -1288,8 +1288,11 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tbl AND polname = 'tenancy_isolation') THEN
         EXECUTE format('DROP POLICY tenancy_isolation ON %s', tbl);
     END IF;
+    -- a row is written only in the current tenant's context, and only while
+    -- that tenant is under its storage quota (src/quota.rs)
     EXECUTE format('CREATE POLICY tenancy_isolation ON %s AS PERMISSIVE FOR ALL TO PUBLIC '
-                   'USING (%I = tenancy.current_tenant_id()) WITH CHECK (%I = tenancy.current_tenant_id())',
+                   'USING (%I = tenancy.current_tenant_id()) '
+                   'WITH CHECK (%I = tenancy.current_tenant_id() AND tenancy.tenant_may_write())',
                    tbl, tenant_column, tenant_column);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', tbl, tenancy._db_role('all_tenants'));
     SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -2131,6 +2134,11 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'template_ddl_wrapper';
 
+CREATE OR REPLACE FUNCTION "tenant_may_write"() RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_may_write_wrapper';
+
 CREATE OR REPLACE FUNCTION "validate"(
 	"tenants" jsonb /* JsonB */
 ) RETURNS TABLE (
@@ -2254,7 +2262,7 @@ BEGIN
                    'tenancy._copy_partition_indexes(regclass, regclass) TO %I', owner);
     -- what tenants' own sessions need: the context and the policies' functions
     GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
-    GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.admin_role(),
+    GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.tenant_may_write(), tenancy.admin_role(),
                               tenancy.set_tenant(text, boolean), tenancy.set_tenant(uuid, boolean) TO PUBLIC;
 
     -- set_tenant reads the catalog as the owner, but must not pin
@@ -2267,7 +2275,7 @@ BEGIN
     FOR r IN
         SELECT p.oid::regprocedure AS f FROM pg_proc p
         WHERE p.pronamespace = 'tenancy'::regnamespace AND p.prokind = 'f'
-          AND p.proname NOT IN ('current_tenant_id', 'set_tenant', 'admin_role', '_maintain_partitions',
+          AND p.proname NOT IN ('current_tenant_id', 'tenant_may_write', 'set_tenant', 'admin_role', '_maintain_partitions',
                                 '_copy_partition_indexes', '_save_catalog', '_caller',
                                 '_is_own_role', '_apply_privileges')
           AND NOT p.prosecdef
@@ -2277,6 +2285,25 @@ BEGIN
 END
 $$;
 -- </functions>
+
+-- the shared tables' policies check the storage quota of the rows' tenant
+-- as they are written (tenancy.tenant_may_write), as _enable_rls makes them now
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT p.polrelid::regclass AS tbl, a.attname
+             FROM pg_policy p
+             JOIN pg_depend d ON d.classid = 'pg_policy'::regclass AND d.objid = p.oid
+                             AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0
+             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+             WHERE p.polname = 'tenancy_isolation' LOOP
+        EXECUTE format('ALTER POLICY tenancy_isolation ON %s '
+                       'WITH CHECK (%I = tenancy.current_tenant_id() AND tenancy.tenant_may_write())',
+                       r.tbl, r.attname);
+    END LOOP;
+END
+$$;
 
 COMMENT ON FUNCTION tenancy.move_tenant(text, text) IS
     'Moves a tenant from the shared tables to a schema of its own, or back: its rows copied, its id, role and catalog row kept; all or nothing';

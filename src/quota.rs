@@ -3,18 +3,22 @@
 //! and clears the mark when a later refresh finds it under; while marked, its
 //! writes are refused (53400), its reads and deletes still work.
 //!
-//! Checked where PostgreSQL checks a statement's privileges, before any row
-//! is touched (`ExecutorCheckPerms_hook`, which COPY FROM passes through
-//! too): an INSERT, an UPDATE of columns or a MERGE into a table of a marked
-//! schema tenant's schema, or into a shared table while the session acts as
-//! a marked shared tenant. The extension's own work and the cascades of
-//! foreign keys (both as the owner role) and superusers are not refused. Each backend keeps the marked tenants it read,
-//! forgotten when `tenancy.tenants` is invalidated (`_tenants_changed`).
+//! - A schema tenant: where PostgreSQL checks a statement's privileges,
+//!   before any row is touched (`ExecutorCheckPerms_hook`, which COPY FROM
+//!   passes through too), an INSERT, an UPDATE of columns or a MERGE into a
+//!   table of its schema.
+//! - A shared tenant: the shared tables' policy, for each row written, in
+//!   the tenant context that row is checked in (`tenant_may_write`).
+//!
+//! The extension's own work and the cascades of foreign keys (both as the
+//! owner role), superusers, and roles that bypass row level security are
+//! not refused. Each backend keeps the marked tenants it read, forgotten
+//! when `tenancy.tenants` is invalidated (`_tenants_changed`).
 
 use crate::error::{raise_with, sqlstate, OrRaise};
 use pgrx::prelude::*;
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// A marked tenant, as its error tells it.
 #[derive(Clone)]
@@ -31,8 +35,6 @@ struct State {
     schemas: HashMap<pg_sys::Oid, Marked>,
     /// shared tenants, by id
     shared: HashMap<[u8; 16], Marked>,
-    /// the shared schemas (of every template with shared tenants)
-    shared_schemas: HashSet<pg_sys::Oid>,
 }
 
 thread_local! {
@@ -120,8 +122,7 @@ fn load() -> State {
             since,
         };
         match (isolation.as_str(), id, schema) {
-            ("shared", Some(id), Some(schema)) => {
-                state.shared_schemas.insert(schema);
+            ("shared", Some(id), _) => {
                 state.shared.insert(*id.as_bytes(), marked);
             }
             (_, _, Some(schema)) => {
@@ -141,24 +142,38 @@ fn writes(perms: pg_sys::AclMode, updated_cols: *mut pg_sys::Bitmapset) -> bool 
         || (perms & pg_sys::ACL_UPDATE as pg_sys::AclMode != 0 && !updated_cols.is_null())
 }
 
-/// Refuses (53400) a write into `relid` when it belongs to a marked tenant.
+/// Refuses (53400) a write into `relid` when it is in a marked schema
+/// tenant's schema.
 fn check_relation(relid: pg_sys::Oid) {
     let nsp = unsafe { pg_sys::get_rel_namespace(relid) };
-    let found = STATE.with(|s| {
-        let s = s.borrow();
-        if let Some(m) = s.schemas.get(&nsp) {
-            return Some(m.clone());
-        }
-        if s.shared_schemas.contains(&nsp) {
-            let id = crate::gucs::TENANT_ID.get()?;
-            let bytes = tenancy_core::slug::uuid_bytes(id.to_str().ok()?)?;
-            return s.shared.get(&bytes).cloned();
-        }
-        None
+    if let Some(m) = STATE.with(|s| s.borrow().schemas.get(&nsp).cloned()) {
+        refuse(&m);
+    }
+}
+
+/// The current tenant may write: true, or 53400 when it is a marked shared
+/// tenant. The shared tables' policy calls it in its `WITH CHECK`, for each
+/// row written, in the very context the row is checked in: a statement that
+/// changes its tenant as it runs (a `set_tenant` in a subquery) is held to
+/// the tenant its rows end up with. Not `SECURITY DEFINER`: who writes
+/// decides whether the quota applies.
+#[pg_extern(stable, parallel_safe)]
+fn tenant_may_write() -> bool {
+    if exempt() {
+        return true;
+    }
+    let marked = STATE.with(|s| {
+        let id = crate::gucs::TENANT_ID.get()?;
+        let bytes = tenancy_core::slug::uuid_bytes(id.to_str().ok()?)?;
+        s.borrow().shared.get(&bytes).cloned()
     });
-    let Some(m) = found else {
-        return;
-    };
+    if let Some(m) = marked {
+        refuse(&m);
+    }
+    true
+}
+
+fn refuse(m: &Marked) -> ! {
     let pretty = |v: Option<i64>| v.map_or("?".to_string(), |b| format!("{b} bytes"));
     raise_with(
         sqlstate("53400"),

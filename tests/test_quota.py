@@ -149,3 +149,31 @@ def test_an_error_inside_the_quota_lookup_exempts_nothing(db, fresh_db, login):
         with pytest.raises(errors.ConfigurationLimitExceeded):
             t.execute("INSERT INTO shared_default.users (tenant_id, email) VALUES (%s, 'b@x')", (tid,))
     assert db.execute("SELECT count(*) FROM shared_default.users WHERE tenant_id = %s", (tid,)).fetchone()[0] == 1
+
+
+def test_a_tenant_set_inside_the_statement_is_held_to_its_quota(db, fresh_db, login):
+    # hostile review: the check read the session's tenant before the rows
+    # were made, and a subquery could set the tenant after it
+    ids = {}
+    for slug, quota in (("q_in", 1), ("q_ok", 100000000)):
+        ids[slug] = db.execute("SELECT id FROM tenancy.provision(%s, NULL, 'default', %s)",
+                               (slug, json.dumps({"isolation": "shared", "max_storage_bytes": quota}))).fetchone()[0]
+        db.execute("INSERT INTO shared_default.users (tenant_id, email) VALUES (%s, 'a@x')", (ids[slug],))
+    db.execute("SELECT tenancy.refresh_metrics()")
+    grant_tenant(db, login, "q_in")
+    grant_tenant(db, login, "q_ok")
+    with connect(fresh_db, user=login, autocommit=True) as t:
+        # no tenant when the statement starts
+        with pytest.raises(errors.ConfigurationLimitExceeded):
+            t.execute("INSERT INTO shared_default.users (tenant_id, email) "
+                      "SELECT tenancy.current_tenant_id(), 'past' || g || '@x' "
+                      "FROM (SELECT tenancy.set_tenant('q_in', true) OFFSET 0) ctx, generate_series(1, 3) g")
+        # a tenant under its quota when it starts, one over it by its rows
+        t.execute("SELECT tenancy.set_tenant('q_ok', false)")
+        with pytest.raises(errors.ConfigurationLimitExceeded):
+            t.execute("INSERT INTO shared_default.users (tenant_id, email) "
+                      "SELECT tenancy.current_tenant_id(), 'past' || g || '@x' "
+                      "FROM (SELECT tenancy.set_tenant('q_in', true) OFFSET 0) ctx, generate_series(1, 3) g")
+        t.execute("SELECT tenancy.set_tenant('q_ok', false)")
+        t.execute("INSERT INTO shared_default.users (tenant_id, email) VALUES (%s, 'fine@x')", (ids["q_ok"],))
+    assert db.execute("SELECT count(*) FROM shared_default.users WHERE tenant_id = %s", (ids["q_in"],)).fetchone()[0] == 1
