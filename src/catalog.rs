@@ -59,7 +59,7 @@ pub fn template_version(name: &str, version: Option<i32>) -> Template {
 /// hyphen, so it is never taken for an id): the one look-up of a tenant
 /// argument. SQL calls it as `tenancy._tenant_id(text)`.
 pub fn tenant_id_of(tenant: &str) -> Option<Uuid> {
-    one_or_none(Spi::get_one_with_args::<Uuid>(
+    crate::kept_plans::get_one::<Uuid>(
         "SELECT t.id FROM tenancy.tenants t \
          WHERE t.slug OPERATOR(pg_catalog.=) $1 OR t.id OPERATOR(pg_catalog.=) $2 \
          ORDER BY t.slug OPERATOR(pg_catalog.=) $1 DESC LIMIT 1",
@@ -69,7 +69,7 @@ pub fn tenant_id_of(tenant: &str) -> Option<Uuid> {
                 .map(Uuid::from_bytes)
                 .into(),
         ],
-    ))
+    )
 }
 
 #[pg_extern(stable, name = "_tenant_id")]

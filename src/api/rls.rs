@@ -1,7 +1,7 @@
 //! Shared-table tenants: the tenant context (`set_tenant`) that RLS
 //! policies read. (A template's shared schema is built by schema_builder.rs.)
 
-use crate::error::{raise, raise_with, sqlstate, OrRaise};
+use crate::error::{raise, raise_with, sqlstate};
 use crate::guc_scope::{set_option, GucScope};
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -233,32 +233,34 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
         // our own queries run with a safe path; the caller's comes back after
         let scope = GucScope::new();
         scope.set("search_path", "pg_catalog, pg_temp");
-        Spi::connect(|c| {
-            let mut rows = c.select(
-                "SELECT t.id, t.slug, t.status::text, t.isolation, t.schema_name::text, \
-                        (EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = $3) AND pg_has_role($2, $3, 'MEMBER')) \
-                        OR (t.role_name IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = t.role_name) \
-                            AND pg_has_role($2, t.role_name, 'MEMBER')) \
-                 FROM tenancy.tenants t WHERE t.id = $1",
-                Some(1),
-                &[
-                    crate::catalog::tenant_id_of(tenant).into(),
-                    caller.into(),
-                    admin.as_str().into(),
-                ],
-            )?;
-            Ok::<_, pgrx::spi::Error>(rows.next().map(|r| {
-                (
+        // planned once per backend (src/kept_plans.rs): a pooler's client
+        // calls this at the start of every transaction
+        crate::kept_plans::run(
+            "SELECT t.id, t.slug, t.status::text, t.isolation, t.schema_name::text, \
+                    (EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = $3) AND pg_has_role($2, $3, 'MEMBER')) \
+                    OR (t.role_name IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = t.role_name) \
+                        AND pg_has_role($2, t.role_name, 'MEMBER')) \
+             FROM tenancy.tenants t WHERE t.id = $1",
+            &[
+                crate::catalog::tenant_id_of(tenant).into(),
+                caller.into(),
+                admin.as_str().into(),
+            ],
+            |rows| {
+                if rows.is_empty() {
+                    return Ok(None);
+                }
+                let r = rows.first();
+                Ok(Some((
                     r.get::<Uuid>(1).ok().flatten(),
                     r.get::<String>(2).ok().flatten().unwrap_or_default(),
                     r.get::<String>(3).ok().flatten().unwrap_or_default(),
                     r.get::<String>(4).ok().flatten().unwrap_or_default(),
                     r.get::<String>(5).ok().flatten(),
                     r.get::<bool>(6).ok().flatten().unwrap_or(false),
-                )
-            }))
-        })
-        .or_raise()
+                )))
+            },
+        )
     };
     // Who may not act as the tenant learns nothing of it: not its slug (from
     // an id), not whether it exists (the same 42501 either way).
