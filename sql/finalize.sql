@@ -20,19 +20,16 @@ $$;
 COMMENT ON FUNCTION tenancy.provision(text, text, text, jsonb) IS
     'Creates a tenant (catalog row, schema, every object of its template) in the caller''s transaction: all or nothing';
 
+-- The catalog row of a tenant that the library just made or changed, for
+-- the functions below to return. Volatile: it reads after their change.
+CREATE FUNCTION tenancy._tenant_row(id uuid) RETURNS tenancy.tenants
+LANGUAGE sql
+AS $$ SELECT * FROM tenancy.tenants t WHERE t.id = $1 $$;
+
 -- Moves a tenant between the shared tables and a schema of its own
 -- (src/api/mobility.rs), in the caller's transaction: all or nothing.
 CREATE FUNCTION tenancy.move_tenant(tenant text, isolation text) RETURNS tenancy.tenants
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    moved uuid := tenancy._move_tenant(tenant, isolation);
-    result tenancy.tenants;
-BEGIN
-    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = moved;
-    RETURN result;
-END
-$$;
+LANGUAGE sql RETURN tenancy._tenant_row(tenancy._move_tenant(tenant, isolation));
 CREATE FUNCTION tenancy.move_tenant(tenant uuid, isolation text) RETURNS tenancy.tenants
 LANGUAGE sql RETURN tenancy.move_tenant(tenant::text, isolation);
 COMMENT ON FUNCTION tenancy.move_tenant(text, text) IS
@@ -41,16 +38,7 @@ COMMENT ON FUNCTION tenancy.move_tenant(text, text) IS
 -- A new tenant with a copy of another's data (src/api/mobility.rs), in the
 -- caller's transaction.
 CREATE FUNCTION tenancy.clone_tenant(tenant text, new_slug text, options jsonb DEFAULT '{}') RETURNS tenancy.tenants
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    made uuid := tenancy._clone_tenant(tenant, new_slug, options);
-    result tenancy.tenants;
-BEGIN
-    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = made;
-    RETURN result;
-END
-$$;
+LANGUAGE sql RETURN tenancy._tenant_row(tenancy._clone_tenant(tenant, new_slug, options));
 CREATE FUNCTION tenancy.clone_tenant(tenant uuid, new_slug text, options jsonb DEFAULT '{}') RETURNS tenancy.tenants
 LANGUAGE sql RETURN tenancy.clone_tenant(tenant::text, new_slug, options);
 COMMENT ON FUNCTION tenancy.clone_tenant(text, text, jsonb) IS
@@ -59,16 +47,7 @@ COMMENT ON FUNCTION tenancy.clone_tenant(text, text, jsonb) IS
 -- The last step of replaying an export script (src/api/export.rs): the
 -- staged rows into the imported tenant's tables; returns its row.
 CREATE FUNCTION tenancy.import_finish() RETURNS tenancy.tenants
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    made uuid := tenancy._import_finish();
-    result tenancy.tenants;
-BEGIN
-    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = made;
-    RETURN result;
-END
-$$;
+LANGUAGE sql RETURN tenancy._tenant_row(tenancy._import_finish());
 CREATE FUNCTION tenancy.export_tenant(tenant uuid) RETURNS SETOF text
 LANGUAGE sql AS $$ SELECT tenancy.export_tenant(tenant::text) $$;
 

@@ -2169,47 +2169,24 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION tenancy._tenant_row(id uuid) RETURNS tenancy.tenants
+LANGUAGE sql
+AS $$ SELECT * FROM tenancy.tenants t WHERE t.id = $1 $$;
+
 CREATE OR REPLACE FUNCTION tenancy.move_tenant(tenant text, isolation text) RETURNS tenancy.tenants
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    moved uuid := tenancy._move_tenant(tenant, isolation);
-    result tenancy.tenants;
-BEGIN
-    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = moved;
-    RETURN result;
-END
-$$;
+LANGUAGE sql RETURN tenancy._tenant_row(tenancy._move_tenant(tenant, isolation));
 
 CREATE OR REPLACE FUNCTION tenancy.move_tenant(tenant uuid, isolation text) RETURNS tenancy.tenants
 LANGUAGE sql RETURN tenancy.move_tenant(tenant::text, isolation);
 
 CREATE OR REPLACE FUNCTION tenancy.clone_tenant(tenant text, new_slug text, options jsonb DEFAULT '{}') RETURNS tenancy.tenants
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    made uuid := tenancy._clone_tenant(tenant, new_slug, options);
-    result tenancy.tenants;
-BEGIN
-    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = made;
-    RETURN result;
-END
-$$;
+LANGUAGE sql RETURN tenancy._tenant_row(tenancy._clone_tenant(tenant, new_slug, options));
 
 CREATE OR REPLACE FUNCTION tenancy.clone_tenant(tenant uuid, new_slug text, options jsonb DEFAULT '{}') RETURNS tenancy.tenants
 LANGUAGE sql RETURN tenancy.clone_tenant(tenant::text, new_slug, options);
 
 CREATE OR REPLACE FUNCTION tenancy.import_finish() RETURNS tenancy.tenants
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    made uuid := tenancy._import_finish();
-    result tenancy.tenants;
-BEGIN
-    SELECT * INTO result FROM tenancy.tenants t WHERE t.id = made;
-    RETURN result;
-END
-$$;
+LANGUAGE sql RETURN tenancy._tenant_row(tenancy._import_finish());
 
 CREATE OR REPLACE FUNCTION tenancy.export_tenant(tenant uuid) RETURNS SETOF text
 LANGUAGE sql AS $$ SELECT tenancy.export_tenant(tenant::text) $$;

@@ -142,6 +142,14 @@ fn writes(perms: pg_sys::AclMode, updated_cols: *mut pg_sys::Bitmapset) -> bool 
         || (perms & pg_sys::ACL_UPDATE as pg_sys::AclMode != 0 && !updated_cols.is_null())
 }
 
+/// Refuses (53400) a statement that writes into a marked schema tenant's
+/// tables (the relations it writes, as the version's hook lists them).
+fn check_writes(targets: Vec<pg_sys::Oid>) {
+    if !targets.is_empty() && !exempt() {
+        targets.into_iter().for_each(check_relation);
+    }
+}
+
 /// Refuses (53400) a write into `relid` when it is in a marked schema
 /// tenant's schema.
 fn check_relation(relid: pg_sys::Oid) {
@@ -193,10 +201,16 @@ fn refuse(m: &Marked) -> ! {
 
 /// Nothing to check: no marked tenant, or a user the quotas do not apply to.
 fn exempt() -> bool {
+    if READING.with(|r| r.get()) {
+        return true;
+    }
+    // the usual case, decided without a catalog look-up: nobody is marked
+    if LOADED.with(|l| l.get()) && STATE.with(|s| no_one_marked(&s.borrow())) {
+        return true;
+    }
     // the owner role: the extension's own work, and the foreign keys'
     // cascades of a delete (PostgreSQL runs them as the table's owner)
-    if READING.with(|r| r.get())
-        || unsafe { pg_sys::superuser() }
+    if unsafe { pg_sys::superuser() }
         || crate::roles::role_oid(&crate::roles::owner_role())
             == Some(unsafe { pg_sys::GetUserId() })
     {
@@ -218,10 +232,11 @@ fn exempt() -> bool {
         STATE.with(|s| *s.borrow_mut() = state);
         LOADED.with(|l| l.set(GENERATION.with(|g| g.get()) == generation));
     }
-    STATE.with(|s| {
-        let s = s.borrow();
-        s.schemas.is_empty() && s.shared.is_empty()
-    })
+    STATE.with(|s| no_one_marked(&s.borrow()))
+}
+
+fn no_one_marked(s: &State) -> bool {
+    s.schemas.is_empty() && s.shared.is_empty()
 }
 
 #[cfg(feature = "pg15")]
@@ -245,9 +260,7 @@ unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport:
         })
         .map(|rte| (*rte).relid)
         .collect();
-    if !targets.is_empty() && !exempt() {
-        targets.into_iter().for_each(check_relation);
-    }
+    check_writes(targets);
     true
 }
 
@@ -272,8 +285,6 @@ unsafe extern "C-unwind" fn check_perms(
         .filter(|p| writes((**p).requiredPerms, (**p).updatedCols))
         .map(|p| (*p).relid)
         .collect();
-    if !targets.is_empty() && !exempt() {
-        targets.into_iter().for_each(check_relation);
-    }
+    check_writes(targets);
     true
 }

@@ -38,6 +38,23 @@ def db(fresh_db):
         yield c
 
 
+@pytest.fixture
+def login(db):
+    """A login role that is not a superuser, granted tenants' roles by the
+    test (grant_tenant); dropped afterwards."""
+    name = "login_" + uuid.uuid4().hex[:8]
+    db.execute(f'CREATE ROLE "{name}" LOGIN')
+    yield name
+    db.execute(f'DROP OWNED BY "{name}"')
+    db.execute(f'DROP ROLE "{name}"')
+
+
+def grant_tenant(db, login, slug):
+    """Makes `login` a member of the tenant's role."""
+    role = db.execute("SELECT role_name FROM tenancy.tenants WHERE slug = %s", (slug,)).fetchone()[0]
+    db.execute(f'GRANT "{role}" TO "{login}"')
+
+
 # extensions scripts/test has installed: a test that needs one fails rather
 # than skips when it is missing (so that CI never passes by skipping them)
 REQUIRED = set(filter(None, os.environ.get("TENANCY_TEST_REQUIRE", "").split(",")))

@@ -4,6 +4,8 @@ failure, the tenant's own sessions waiting rather than seeing half a move,
 and only the admin allowed to do either."""
 
 import json
+import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -11,7 +13,7 @@ import uuid
 import pytest
 from psycopg import errors
 
-from conftest import connect, wait_batch, wait_for
+from conftest import HOST, PG_BIN, PORT, connect, grant_tenant, wait_batch, wait_for
 
 # a template whose schema tables and shared tables hold the same columns,
 # with identities and a foreign key, so that a tenant can go both ways
@@ -76,19 +78,26 @@ def fill(db, slug, accounts=50, notes=4):
                        f" WHERE a.tenant_id = '{tid}'" if tcol else ""))
 
 
-@pytest.fixture
-def login(db, fresh_db):
-    """A login role, granted tenants' roles by the test: no superuser."""
-    name = "mob_" + uuid.uuid4().hex[:8]
-    db.execute(f'CREATE ROLE "{name}" LOGIN')
-    yield name
-    db.execute(f'DROP OWNED BY "{name}"')
-    db.execute(f'DROP ROLE "{name}"')
+def error_once_unblocked(db, session, sql, marker, blocker):
+    """Runs `sql` in `session` while `blocker`'s open transaction holds what
+    it needs: it must be seen waiting for a lock (its text holds `marker`)
+    before `blocker` commits. Returns the error it then ends with, or None."""
+    failed = []
 
-
-def grant_tenant(db, login, slug):
-    role = db.execute("SELECT role_name FROM tenancy.tenants WHERE slug = %s", (slug,)).fetchone()[0]
-    db.execute(f'GRANT "{role}" TO "{login}"')
+    def run():
+        try:
+            session.execute(sql)
+        except Exception as e:  # noqa: BLE001
+            failed.append(e)
+    t = threading.Thread(target=run)
+    t.start()
+    wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                "AND query LIKE %s", (f"%{marker}%",)).fetchone()[0] == 1,
+             what=f"{marker!r} to wait")
+    time.sleep(0.2)
+    blocker.commit()
+    t.join(30)
+    return failed[0] if failed else None
 
 
 def test_shared_to_schema_and_back_keeps_every_row(db, fresh_db, login):
@@ -232,41 +241,18 @@ def test_the_tenants_sessions_wait_for_the_move(db, fresh_db, login):
     mover = connect(fresh_db)
     mover.execute("SELECT tenancy.move_tenant('mv_wait', 'shared')")
     tenant.execute("SELECT tenancy.set_tenant('mv_wait')")
-    failed = []
-
-    def write():
-        try:
-            tenant.execute("INSERT INTO tenant_mv_wait.accounts (name) VALUES ('during')")
-        except Exception as e:  # noqa: BLE001
-            failed.append(e)
-    w = threading.Thread(target=write)
-    w.start()
-    wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                "AND query LIKE '%during%'").fetchone()[0] == 1, what="the write to wait")
-    mover.commit()
-    w.join(30)
-    assert failed and isinstance(failed[0], (errors.UndefinedTable, errors.InvalidSchemaName)), failed
+    failed = error_once_unblocked(db, tenant, "INSERT INTO tenant_mv_wait.accounts (name) VALUES ('during')",
+                                  "during", mover)
+    assert isinstance(failed, (errors.UndefinedTable, errors.InvalidSchemaName)), failed
     tenant.rollback()
     mover.close()
     # moved to shared: a shared statement during the next move gets 40001
     mover = connect(fresh_db)
     mover.execute("SELECT tenancy.move_tenant('mv_wait', 'schema')")
     tenant.execute("SELECT tenancy.set_tenant('mv_wait')")
-    failed.clear()
-
-    def read():
-        try:
-            tenant.execute("SELECT count(*) FROM shared_mob.accounts").fetchone()
-        except Exception as e:  # noqa: BLE001
-            failed.append(e)
-    r = threading.Thread(target=read)
-    r.start()
-    wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                "AND query LIKE '%shared_mob.accounts%'").fetchone()[0] == 1, what="the read to wait")
-    time.sleep(0.2)
-    mover.commit()
-    r.join(30)
-    assert failed and isinstance(failed[0], errors.SerializationFailure), failed
+    failed = error_once_unblocked(db, tenant, "SELECT count(*) FROM shared_mob.accounts",
+                                  "shared_mob.accounts", mover)
+    assert isinstance(failed, errors.SerializationFailure), failed
     tenant.rollback()
     tenant.close()
     mover.close()
@@ -283,20 +269,10 @@ def test_a_write_into_an_empty_table_waits_for_the_move(db, fresh_db, login):
     mover.execute("SELECT tenancy.move_tenant('mv_empty', 'shared')")
     tenant = connect(fresh_db, user=login, autocommit=True)
     tenant.execute("SELECT tenancy.set_tenant('mv_empty', false)")
-    failed = []
-
-    def write():
-        try:
-            tenant.execute("INSERT INTO tenant_mv_empty.accounts (name) VALUES ('written during the move')")
-        except Exception as e:  # noqa: BLE001
-            failed.append(e)
-    w = threading.Thread(target=write)
-    w.start()
-    wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                "AND query LIKE '%written during%'").fetchone()[0] == 1, what="the write to wait")
-    mover.commit()
-    w.join(30)
-    assert failed and isinstance(failed[0], errors.UndefinedTable), failed
+    failed = error_once_unblocked(db, tenant,
+                                  "INSERT INTO tenant_mv_empty.accounts (name) VALUES ('written during the move')",
+                                  "written during", mover)
+    assert isinstance(failed, errors.UndefinedTable), failed
     tenant.close()
     mover.close()
     # a move in a transaction whose snapshot is older than its locks: refused
@@ -434,11 +410,6 @@ def test_a_batch_moves_tenants_through_the_worker(db):
 
 # ---- export and import -------------------------------------------------------
 
-import os
-import shutil
-import subprocess
-
-from conftest import HOST, PG_BIN, PORT
 
 
 def psql(dbname, *args, host=HOST, port=PORT, user="postgres"):

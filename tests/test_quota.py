@@ -2,28 +2,12 @@
 max_storage_bytes has its writes refused (53400) until it is under again,
 reads and deletes still working; checked as the tenant's own login."""
 
-import io
 import json
-import uuid
 
 import pytest
 from psycopg import errors
 
-from conftest import connect
-
-
-@pytest.fixture
-def login(db):
-    name = "quota_" + uuid.uuid4().hex[:8]
-    db.execute(f'CREATE ROLE "{name}" LOGIN')
-    yield name
-    db.execute(f'DROP OWNED BY "{name}"')
-    db.execute(f'DROP ROLE "{name}"')
-
-
-def grant_tenant(db, login, slug):
-    role = db.execute("SELECT role_name FROM tenancy.tenants WHERE slug = %s", (slug,)).fetchone()[0]
-    db.execute(f'GRANT "{role}" TO "{login}"')
+from conftest import connect, grant_tenant
 
 
 def audit(db, slug):

@@ -96,6 +96,69 @@ fn provision_batch(tenants: JsonB, options: default!(Option<JsonB>, "'{}'")) -> 
     batch
 }
 
+/// Queues a batch of `kind` over existing tenants (ids and slugs), one item
+/// each: its spec the tenant's id and the keys of `spec`; `max_concurrent`
+/// at once, the retry settings of the GUCs; a batch with nothing to do is
+/// completed at once. Audits it as `action` (`details`, the batch and how
+/// many tenants), and wakes the worker when the transaction commits. The
+/// one home of the batches of `migrate` and `move_tenants`.
+pub fn queue_tenant_batch(
+    kind: &str,
+    tenants: Vec<(Uuid, String)>,
+    spec: serde_json::Value,
+    mut options: serde_json::Value,
+    max_concurrent: i32,
+    action: &str,
+    mut details: serde_json::Value,
+) -> Uuid {
+    options["max_concurrent"] = json!(max_concurrent);
+    let (ids, slugs): (Vec<Uuid>, Vec<String>) = tenants.into_iter().unzip();
+    let (batch, n) = Spi::connect_mut(|c| {
+        let row = c
+            .update(
+                "WITH pending AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS p(id, slug)), \
+                      b AS (INSERT INTO tenancy.batches (kind, total, max_concurrent, retry_attempts, retry_delay, \
+                                                         options, status, started_at, finished_at) \
+                            SELECT $3, n, $4, $5, $6 * interval '1 millisecond', $7, \
+                                   CASE WHEN n = 0 THEN 'completed' ELSE 'queued' END::tenancy.batch_state, \
+                                   CASE WHEN n = 0 THEN now() END, CASE WHEN n = 0 THEN now() END \
+                            FROM (SELECT count(*)::int AS n FROM pending) c \
+                            RETURNING id, total), \
+                      items AS (INSERT INTO tenancy.batch_items (batch_id, ordinal, slug, spec) \
+                                SELECT b.id, row_number() OVER (ORDER BY p.slug), p.slug, \
+                                       jsonb_build_object('tenant_id', p.id) || $8 \
+                                FROM pending p, b) \
+                 SELECT id, total FROM b",
+                Some(1),
+                &[
+                    ids.into(),
+                    slugs.into(),
+                    kind.into(),
+                    max_concurrent.into(),
+                    gucs::RETRY_ATTEMPTS.get().into(),
+                    (gucs::RETRY_DELAY_MS.get() as f64).into(),
+                    JsonB(options).into(),
+                    JsonB(spec).into(),
+                ],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::Error>((row.get::<Uuid>(1)?, row.get::<i32>(2)?))
+    })
+    .or_raise();
+    let batch = batch.expect("INSERT RETURNING gives a row");
+    details["batch"] = json!(batch.to_string());
+    details["tenants"] = json!(n.unwrap_or(0));
+    catalog::audit(AuditEntry {
+        action,
+        tenant_id: None,
+        tenant_slug: None,
+        details,
+        duration_ms: None,
+    });
+    crate::worker::wake_on_commit();
+    batch
+}
+
 // C symbols that released install scripts (sql/archive) still name: kept so
 // that an old version can be created and updated to this one, which has no
 // SQL for them (its queue runner calls tenancy_core::retry directly).

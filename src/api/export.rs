@@ -231,18 +231,13 @@ fn import_begin(header: JsonB) -> String {
         );
     }
     let template = catalog::template_version(&template_name, Some(version as i32));
-    // provision's own options, from the catalog row
+    // provision's own options, from the catalog row: the keys that are its
+    // columns (a header's if_not_exists or pool is not the catalog's)
     let mut options = Map::new();
-    for key in [
-        "isolation",
-        "domain",
-        "email",
-        "tenant_type",
-        "settings",
-        "features",
-        "max_users",
-        "max_storage_bytes",
-    ] {
+    for &key in tenancy_core::options::OPTION_KEYS {
+        if key == "if_not_exists" || key == "pool" {
+            continue;
+        }
         if let Some(v) = tenant.get(key).filter(|v| !v.is_null()) {
             options.insert(key.into(), v.clone());
         }
@@ -258,11 +253,11 @@ fn import_begin(header: JsonB) -> String {
         &opts,
         started,
     );
-    let place = if opts.isolation == tenancy_core::options::Isolation::Shared {
-        Place::Shared(template.spec.shared_schema_name(&template.name))
-    } else {
-        Place::Schema(template.spec.schema_name(&slug))
-    };
+    let place = Place::of(
+        &template,
+        &slug,
+        opts.isolation == tenancy_core::options::Isolation::Shared,
+    );
 
     let Some(tables) = header_field(&header, &["tables"]).as_array() else {
         bad_script("no list of tables")

@@ -127,49 +127,32 @@ fn queue_migrations(
     let max_concurrent =
         tenancy_core::batch_options::parse_migration_options(options.as_ref().map(|j| &j.0))
             .or_raise();
-    let (batch, n) = Spi::connect_mut(|c| {
-        let row = c
-            .update(
-                "WITH pending AS (SELECT t.id, t.slug FROM tenancy.tenants t \
-                                  WHERE t.slug = ANY ($2) AND t.status <> 'dropped' AND t.template_version < $3), \
-                      b AS (INSERT INTO tenancy.batches (kind, total, max_concurrent, retry_attempts, retry_delay, \
-                                                         options, status, started_at, finished_at) \
-                            SELECT 'migrate', n, $4, $5, $6 * interval '1 millisecond', \
-                                   jsonb_build_object('template', $1::text, 'to_version', $3, 'max_concurrent', $4), \
-                                   CASE WHEN n = 0 THEN 'completed' ELSE 'queued' END::tenancy.batch_state, \
-                                   CASE WHEN n = 0 THEN now() END, CASE WHEN n = 0 THEN now() END \
-                            FROM (SELECT count(*)::int AS n FROM pending) c \
-                            RETURNING id, total), \
-                      items AS (INSERT INTO tenancy.batch_items (batch_id, ordinal, slug, spec) \
-                                SELECT b.id, row_number() OVER (ORDER BY p.slug), p.slug, \
-                                       jsonb_build_object('tenant_id', p.id, 'to_version', $3) \
-                                FROM pending p, b) \
-                 SELECT id, total FROM b",
-                Some(1),
-                &[
-                    template.into(),
-                    slugs.into(),
-                    to_version.into(),
-                    max_concurrent.into(),
-                    crate::gucs::RETRY_ATTEMPTS.get().into(),
-                    (crate::gucs::RETRY_DELAY_MS.get() as f64).into(),
-                ],
-            )?
-            .first();
-        Ok::<_, pgrx::spi::Error>((row.get::<Uuid>(1)?, row.get::<i32>(2)?))
+    // the listed tenants still below the version
+    let pending = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT t.id, t.slug FROM tenancy.tenants t \
+             WHERE t.slug = ANY ($1) AND t.status <> 'dropped' AND t.template_version < $2",
+            None,
+            &[slugs.into(), to_version.into()],
+        )? {
+            out.push((
+                r.get::<Uuid>(1)?.expect("a tenant has an id"),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
     })
     .or_raise();
-    let batch = batch.expect("INSERT RETURNING gives a row");
-    catalog::audit(catalog::AuditEntry {
-        action: "migrate",
-        tenant_id: None,
-        tenant_slug: None,
-        details: json!({"batch": batch.to_string(), "template": template,
-                        "to_version": to_version, "tenants": n.unwrap_or(0)}),
-        duration_ms: None,
-    });
-    crate::worker::wake_on_commit();
-    batch
+    crate::api::batches::queue_tenant_batch(
+        "migrate",
+        pending,
+        json!({"to_version": to_version}),
+        json!({"template": template, "to_version": to_version}),
+        max_concurrent,
+        "migrate",
+        json!({"template": template, "to_version": to_version}),
+    )
 }
 
 /// Checks the options of a migration (`bulk_update` checks them for every

@@ -70,6 +70,16 @@ impl Place {
     pub fn is_shared(&self) -> bool {
         matches!(self, Place::Shared(_))
     }
+
+    /// Where a tenant of `template` with this slug has its rows in `shared`
+    /// or schema isolation: the template's shared schema, or its own.
+    pub fn of(template: &catalog::Template, slug: &str, shared: bool) -> Place {
+        if shared {
+            Place::Shared(template.spec.shared_schema_name(&template.name))
+        } else {
+            Place::Schema(template.spec.schema_name(slug))
+        }
+    }
 }
 
 /// One table of the tenant's, and the columns its rows are copied by.
@@ -439,10 +449,10 @@ pub fn move_tenant(tenant: &str, isolation: &str) -> Uuid {
         pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
     );
     let template = catalog::template_version(&t.template, Some(t.template_version));
-    let shared = Place::Shared(template.spec.shared_schema_name(&template.name));
+    let shared = Place::of(&template, &t.slug, true);
 
     let (from, to, counts, old_schema) = if isolation == "schema" {
-        let to = Place::Schema(template.spec.schema_name(&t.slug));
+        let to = Place::of(&template, &t.slug, false);
         if let Some(holder) = catalog::schema_holder(to.schema()) {
             raise(TenancyError::SchemaTaken {
                 schema: to.schema().into(),
@@ -530,7 +540,7 @@ fn uuid_v4() -> Uuid {
 pub fn place_of(t: &LockedTenant, template: &catalog::Template) -> Place {
     match (t.isolation.as_str(), &t.schema_name) {
         ("schema", Some(schema)) => Place::Schema(schema.clone()),
-        _ => Place::Shared(template.spec.shared_schema_name(&template.name)),
+        _ => Place::of(template, &t.slug, true),
     }
 }
 
@@ -595,11 +605,11 @@ fn clone_tenant(tenant: &str, new_slug: Option<&str>, options: Option<pgrx::Json
         &opts,
         started,
     );
-    let to = if opts.isolation == tenancy_core::options::Isolation::Shared {
-        Place::Shared(template.spec.shared_schema_name(&template.name))
-    } else {
-        Place::Schema(template.spec.schema_name(slug))
-    };
+    let to = Place::of(
+        &template,
+        slug,
+        opts.isolation == tenancy_core::options::Isolation::Shared,
+    );
     if !from.is_shared() {
         // the source's writers wait while its tables are read one by one
         lock_schema_tables(from.schema(), pg_sys::ShareLock);
@@ -657,46 +667,30 @@ fn move_tenants(
             None,
         );
     }
-    let (batch, n) = Spi::connect_mut(|c| {
-        let row = c
-            .update(
-                "WITH pending AS (SELECT DISTINCT t.id, t.slug FROM unnest($1::text[]) x \
-                                  JOIN tenancy.tenants t ON t.id = tenancy._tenant_id(x) \
-                                  WHERE t.isolation <> $2), \
-                      b AS (INSERT INTO tenancy.batches (kind, total, max_concurrent, retry_attempts, retry_delay, \
-                                                         options, status, started_at, finished_at) \
-                            SELECT 'move', n, $3, $4, $5 * interval '1 millisecond', \
-                                   jsonb_build_object('isolation', $2::text, 'max_concurrent', $3), \
-                                   CASE WHEN n = 0 THEN 'completed' ELSE 'queued' END::tenancy.batch_state, \
-                                   CASE WHEN n = 0 THEN now() END, CASE WHEN n = 0 THEN now() END \
-                            FROM (SELECT count(*)::int AS n FROM pending) c \
-                            RETURNING id, total), \
-                      items AS (INSERT INTO tenancy.batch_items (batch_id, ordinal, slug, spec) \
-                                SELECT b.id, row_number() OVER (ORDER BY p.slug), p.slug, \
-                                       jsonb_build_object('tenant_id', p.id, 'move_to', $2::text) \
-                                FROM pending p, b) \
-                 SELECT id, total FROM b",
-                Some(1),
-                &[
-                    tenants.into(),
-                    isolation.into(),
-                    max_concurrent.into(),
-                    crate::gucs::RETRY_ATTEMPTS.get().into(),
-                    (crate::gucs::RETRY_DELAY_MS.get() as f64).into(),
-                ],
-            )?
-            .first();
-        Ok::<_, pgrx::spi::Error>((row.get::<Uuid>(1)?, row.get::<i32>(2)?))
+    // the listed tenants not there yet
+    let pending = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT DISTINCT t.id, t.slug FROM unnest($1::text[]) x \
+             JOIN tenancy.tenants t ON t.id = tenancy._tenant_id(x) WHERE t.isolation <> $2",
+            None,
+            &[tenants.into(), isolation.into()],
+        )? {
+            out.push((
+                r.get::<Uuid>(1)?.expect("a tenant has an id"),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
     })
     .or_raise();
-    let batch = batch.expect("INSERT RETURNING gives a row");
-    catalog::audit(AuditEntry {
-        action: "move_batch",
-        tenant_id: None,
-        tenant_slug: None,
-        details: json!({"batch": batch.to_string(), "to": isolation, "tenants": n.unwrap_or(0)}),
-        duration_ms: None,
-    });
-    crate::worker::wake_on_commit();
-    batch
+    crate::api::batches::queue_tenant_batch(
+        "move",
+        pending,
+        json!({"move_to": isolation}),
+        json!({"isolation": isolation}),
+        max_concurrent,
+        "move_batch",
+        json!({"to": isolation}),
+    )
 }
