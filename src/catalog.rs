@@ -57,19 +57,22 @@ pub fn template_version(name: &str, version: Option<i32>) -> Template {
 
 /// The tenant a slug or an id names, a slug first (a slug never has a
 /// hyphen, so it is never taken for an id): the one look-up of a tenant
-/// argument. SQL calls it as `tenancy._tenant_id(text)`.
+/// argument. SQL calls it as `tenancy._tenant_id(text)`. Two statements, not
+/// one with an OR: each is a plain unique-index look-up that PostgreSQL keeps
+/// one generic plan for, where the OR of a NULL id was planned again on
+/// every call (set_tenant runs this at the start of a pooler's transaction).
 pub fn tenant_id_of(tenant: &str) -> Option<Uuid> {
     crate::kept_plans::get_one::<Uuid>(
-        "SELECT t.id FROM tenancy.tenants t \
-         WHERE t.slug OPERATOR(pg_catalog.=) $1 OR t.id OPERATOR(pg_catalog.=) $2 \
-         ORDER BY t.slug OPERATOR(pg_catalog.=) $1 DESC LIMIT 1",
-        &[
-            tenant.into(),
-            tenancy_core::slug::canonical_uuid(tenant)
-                .map(Uuid::from_bytes)
-                .into(),
-        ],
+        "SELECT t.id FROM tenancy.tenants t WHERE t.slug OPERATOR(pg_catalog.=) $1",
+        &[tenant.into()],
     )
+    .or_else(|| {
+        let id = Uuid::from_bytes(tenancy_core::slug::canonical_uuid(tenant)?);
+        crate::kept_plans::get_one::<Uuid>(
+            "SELECT t.id FROM tenancy.tenants t WHERE t.id OPERATOR(pg_catalog.=) $1",
+            &[id.into()],
+        )
+    })
 }
 
 #[pg_extern(stable, name = "_tenant_id")]
