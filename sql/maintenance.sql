@@ -267,6 +267,7 @@ BEGIN
     result := jsonb_build_object(
         'partitions_created', created, 'partitions_dropped', dropped, 'partitions_skipped', skipped,
         'roles_removed', tenancy._drop_orphan_roles(),
+        'events_removed', tenancy._prune_events(),
         'batches_cleaned', tenancy.cleanup_batches(
             coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval),
         'duration_ms', round((extract(epoch FROM clock_timestamp() - started_at) * 1000)::numeric, 1));

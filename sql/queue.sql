@@ -71,6 +71,9 @@ BEGIN
         IF b.status = 'queued' THEN
             UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
             WHERE id = b.id AND status = 'queued';
+            IF FOUND THEN
+                PERFORM tenancy._event_write('batch_started', NULL, NULL, b.id, jsonb_build_object('kind', b.kind));
+            END IF;
         END IF;
         RETURN;
     END LOOP;
@@ -113,6 +116,23 @@ BEGIN
 END
 $$;
 
+-- The event of a batch that ends: its status and its items' counts (the
+-- items a stopped batch cancels are counted by status as they are now).
+CREATE FUNCTION tenancy._batch_finished_event(batch uuid) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT tenancy._event_write('batch_finished', NULL, NULL, b.id,
+    jsonb_build_object('kind', b.kind, 'status', b.status,
+                       'items', (SELECT count(*) FROM tenancy.batch_items i WHERE i.batch_id = b.id),
+                       'succeeded', (SELECT count(*) FROM tenancy.batch_items i
+                                     WHERE i.batch_id = b.id AND i.status = 'succeeded'),
+                       'failed', (SELECT count(*) FROM tenancy.batch_items i
+                                  WHERE i.batch_id = b.id AND i.status = 'failed'),
+                       'duration_ms', round((extract(epoch FROM b.finished_at - coalesce(b.started_at, b.created_at)) * 1000)::numeric, 1)))
+FROM tenancy.batches b WHERE b.id = batch
+$$;
+
 -- Ends a batch early: its queued items are cancelled, except those a worker
 -- holds right now (they finish, and are counted).
 CREATE FUNCTION tenancy._stop_batch(batch uuid, final tenancy.batch_state) RETURNS integer
@@ -121,16 +141,21 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n integer;
+    stopped boolean;
 BEGIN
     UPDATE tenancy.batches SET status = final, finished_at = clock_timestamp(),
                                started_at = coalesce(started_at, clock_timestamp())
     WHERE id = batch AND status IN ('queued', 'in_progress');
+    stopped := FOUND;
     UPDATE tenancy.batch_items SET status = 'cancelled', finished_at = clock_timestamp()
     WHERE (batch_id, ordinal) IN (
         SELECT i.batch_id, i.ordinal FROM tenancy.batch_items i
         WHERE i.batch_id = batch AND i.status = 'queued'
         FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS n = ROW_COUNT;
+    IF stopped THEN
+        PERFORM tenancy._batch_finished_event(batch);
+    END IF;
     RETURN n;
 END
 $$;
@@ -166,6 +191,7 @@ BEGIN
             started_at = coalesce(started_at, clock_timestamp()),
             finished_at = clock_timestamp()
         WHERE id = b.id;
+        PERFORM tenancy._batch_finished_event(b.id);
         touched := touched + 1;
     END LOOP;
 

@@ -9,6 +9,8 @@
 -- its own subtransaction with its own result. Tenants move between shared
 -- and schema isolation (move_tenant), are cloned (clone_tenant), exported
 -- and imported (export_tenant), and their storage quota is enforced.
+-- Lifecycle operations and batch transitions write events
+-- (tenancy.events, NOTIFY tenancy_events, tenancy.events_since).
 
 -- The queue runner is Rust now (src/queue.rs), taking several items per
 -- transaction: _process_next() changes its signature, and the SQL copies of
@@ -38,6 +40,26 @@ ALTER TABLE tenancy.batches DROP CONSTRAINT batches_kind_check,
 -- a tenant's role is made by the library, in one statement string
 DROP FUNCTION tenancy._setup_tenant_role(name, name, boolean, boolean);
 DROP FUNCTION tenancy._grant_tenant_objects(name, name);
+
+-- events for applications (src/events.rs, sql/events.sql)
+CREATE TABLE tenancy.events (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- the writing transaction: what orders events for events_since
+    xid         xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    kind        text        NOT NULL,
+    tenant_id   uuid,
+    tenant_slug text,
+    batch_id    uuid,
+    payload     jsonb       NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_order_idx ON tenancy.events (xid, id);
+CREATE INDEX events_at_idx ON tenancy.events (at);
+COMMENT ON TABLE tenancy.events IS
+    'Lifecycle and batch events for applications, announced on the channel tenancy_events; read them with tenancy.events_since';
+-- The events are not in a dump (a restored database starts a new stream, and
+-- a consumer's old id is then refused); the ids go on from where they were.
+SELECT pg_catalog.pg_extension_config_dump('tenancy.events_id_seq', '');
 
 -- Every function and view, as in a fresh install (written by
 -- scripts/upgrade-functions from the generated install script).
@@ -100,6 +122,67 @@ CREATE OR REPLACE FUNCTION "_database_file_sizes"() RETURNS TABLE (
 STRICT 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'database_file_sizes_wrapper';
+
+CREATE OR REPLACE FUNCTION "_event_write"(
+	"kind" TEXT, /* & str */
+	"tenant_id" uuid, /* Option < Uuid > */
+	"tenant_slug" TEXT, /* Option < & str > */
+	"batch_id" uuid, /* Option < Uuid > */
+	"payload" jsonb /* Option < JsonB > */
+) RETURNS void
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'event_write_wrapper';
+
+CREATE OR REPLACE FUNCTION tenancy.events_since(last_id bigint DEFAULT 0, max_events integer DEFAULT 1000)
+RETURNS SETOF tenancy.events
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    after_xid xid8;
+    settled xid8 := pg_snapshot_xmin(pg_current_snapshot());
+BEGIN
+    IF last_id IS NULL OR last_id < 0 OR max_events IS NULL OR max_events < 1 THEN
+        RAISE EXCEPTION 'events_since needs a last_id of 0 or more and a max_events of 1 or more'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF last_id > 0 THEN
+        SELECT e.xid INTO after_xid FROM tenancy.events e WHERE e.id = last_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'event % is not kept', last_id
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'Events are removed after tenancy.event_retention, and are not in a dump.',
+                      HINT = 'Read the state you need from tenancy.tenants and tenancy.batch_status, then go on with events_since(0).';
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT e.* FROM tenancy.events e
+    WHERE e.xid < settled AND (after_xid IS NULL OR (e.xid, e.id) > (after_xid, last_id))
+    ORDER BY e.xid, e.id
+    LIMIT max_events;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy._prune_events() RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    keep interval := coalesce(nullif(current_setting('tenancy.event_retention', true), ''), '7 days')::interval;
+    n bigint;
+    total bigint := 0;
+BEGIN
+    FOR i IN 1 .. 50 LOOP
+        DELETE FROM tenancy.events WHERE id IN (
+            SELECT e.id FROM tenancy.events e WHERE e.at < clock_timestamp() - keep ORDER BY e.at LIMIT 10000);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := total + n;
+        EXIT WHEN n < 10000;
+    END LOOP;
+    RETURN total;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION "_import_finish"() RETURNS uuid /* Uuid */
 STRICT 
@@ -230,6 +313,9 @@ BEGIN
         IF b.status = 'queued' THEN
             UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
             WHERE id = b.id AND status = 'queued';
+            IF FOUND THEN
+                PERFORM tenancy._event_write('batch_started', NULL, NULL, b.id, jsonb_build_object('kind', b.kind));
+            END IF;
         END IF;
         RETURN;
     END LOOP;
@@ -268,22 +354,42 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION tenancy._batch_finished_event(batch uuid) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT tenancy._event_write('batch_finished', NULL, NULL, b.id,
+    jsonb_build_object('kind', b.kind, 'status', b.status,
+                       'items', (SELECT count(*) FROM tenancy.batch_items i WHERE i.batch_id = b.id),
+                       'succeeded', (SELECT count(*) FROM tenancy.batch_items i
+                                     WHERE i.batch_id = b.id AND i.status = 'succeeded'),
+                       'failed', (SELECT count(*) FROM tenancy.batch_items i
+                                  WHERE i.batch_id = b.id AND i.status = 'failed'),
+                       'duration_ms', round((extract(epoch FROM b.finished_at - coalesce(b.started_at, b.created_at)) * 1000)::numeric, 1)))
+FROM tenancy.batches b WHERE b.id = batch
+$$;
+
 CREATE OR REPLACE FUNCTION tenancy._stop_batch(batch uuid, final tenancy.batch_state) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n integer;
+    stopped boolean;
 BEGIN
     UPDATE tenancy.batches SET status = final, finished_at = clock_timestamp(),
                                started_at = coalesce(started_at, clock_timestamp())
     WHERE id = batch AND status IN ('queued', 'in_progress');
+    stopped := FOUND;
     UPDATE tenancy.batch_items SET status = 'cancelled', finished_at = clock_timestamp()
     WHERE (batch_id, ordinal) IN (
         SELECT i.batch_id, i.ordinal FROM tenancy.batch_items i
         WHERE i.batch_id = batch AND i.status = 'queued'
         FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS n = ROW_COUNT;
+    IF stopped THEN
+        PERFORM tenancy._batch_finished_event(batch);
+    END IF;
     RETURN n;
 END
 $$;
@@ -316,6 +422,7 @@ BEGIN
             started_at = coalesce(started_at, clock_timestamp()),
             finished_at = clock_timestamp()
         WHERE id = b.id;
+        PERFORM tenancy._batch_finished_event(b.id);
         touched := touched + 1;
     END LOOP;
 
@@ -1627,6 +1734,7 @@ BEGIN
     result := jsonb_build_object(
         'partitions_created', created, 'partitions_dropped', dropped, 'partitions_skipped', skipped,
         'roles_removed', tenancy._drop_orphan_roles(),
+        'events_removed', tenancy._prune_events(),
         'batches_cleaned', tenancy.cleanup_batches(
             coalesce(nullif(current_setting('tenancy.batch_retention', true), ''), '7 days')::interval),
         'duration_ms', round((extract(epoch FROM clock_timestamp() - started_at) * 1000)::numeric, 1));

@@ -195,6 +195,14 @@ pub fn audit(e: AuditEntry) {
 }
 
 fn write_audit(e: AuditEntry, error: Option<&str>) {
+    // a lifecycle operation that succeeded is also an event for applications
+    if let (None, Some((kind, via))) = (error, crate::events::kind_of_action(e.action)) {
+        let mut payload = e.details.clone();
+        if let (Some(via), Some(map)) = (via, payload.as_object_mut()) {
+            map.insert("via".into(), via.into());
+        }
+        crate::events::emit(kind, e.tenant_id, e.tenant_slug, None, payload);
+    }
     crate::kept_plans::run(
         "INSERT INTO tenancy.audit_log (action, tenant_id, tenant_slug, details, duration_ms, result, error) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -17,6 +17,8 @@ pub static AUDIT_RETENTION: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 pub static BATCH_RETENTION: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"7 days"));
+pub static EVENT_RETENTION: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(Some(c"7 days"));
 pub static METRICS_RETENTION: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"90 days"));
 pub static TENANT_ID: GucSetting<Option<std::ffi::CString>> =
@@ -44,6 +46,14 @@ pub fn register() {
         c"Finished batches older than this are removed by maintenance.",
         c"",
         &BATCH_RETENTION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"tenancy.event_retention",
+        c"Events (tenancy.events) older than this are removed by maintenance.",
+        c"",
+        &EVENT_RETENTION,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod api;
 mod catalog;
 mod error;
+mod events;
 mod guc_scope;
 mod gucs;
 mod kept_plans;
@@ -21,9 +22,14 @@ mod worker;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!(
+    "../sql/events.sql",
+    name = "events",
+    requires = ["bootstrap", event_write]
+);
+extension_sql_file!(
     "../sql/queue.sql",
     name = "queue",
-    requires = ["bootstrap", provision_internal, process_next]
+    requires = ["events", provision_internal, process_next]
 );
 extension_sql_file!(
     "../sql/pool.sql",

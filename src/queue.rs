@@ -55,6 +55,8 @@ fn process_next(max_items: Option<i32>) -> i32 {
         return 0;
     };
     let started = Instant::now();
+    // the tenant events of these items carry the batch
+    let _scope = crate::events::BatchScope::new(batch.id);
     let mut results = Vec::with_capacity(batch.items.len());
     let mut stopped = false;
     for item in &batch.items {
@@ -85,6 +87,7 @@ fn process_next(max_items: Option<i32>) -> i32 {
                     })
                 } else {
                     stopped = !batch.continue_on_error;
+                    item_failed(&batch, item, &state, &message);
                     json!({
                         "ordinal": item.ordinal, "status": "failed", "error": message,
                         "sqlstate": state, "started_ago_ms": ago(t0), "duration_ms": ms,
@@ -107,6 +110,24 @@ fn process_next(max_items: Option<i32>) -> i32 {
     )
     .or_raise();
     done
+}
+
+/// The event of an item that failed for good (no retry left): its tenant as
+/// the item names it (a slug to make, or the id of one to migrate or move).
+fn item_failed(batch: &Batch, item: &Claimed, state: &str, message: &str) {
+    let named = |key| item.spec.get(key).and_then(Value::as_str);
+    let tenant = item.migration.map(|(t, _)| t).or_else(|| {
+        named("tenant_id")
+            .and_then(tenancy_core::slug::canonical_uuid)
+            .map(Uuid::from_bytes)
+    });
+    crate::events::emit(
+        "batch_item_failed",
+        tenant,
+        named("slug"),
+        Some(batch.id),
+        json!({"ordinal": item.ordinal, "sqlstate": state, "error": message, "attempts": item.attempts + 1}),
+    );
 }
 
 /// One batch with a free concurrency slot and its ready items, locked.
