@@ -32,10 +32,16 @@ as_root() {
 
 # Debian packages: the server, its headers, clang for bindgen, sudo to run
 # the server as postgres, pg_cron and pg_partman to test beside it (and
-# TimescaleDB where the suite has it: not bookworm, see scripts/in-root).
+# TimescaleDB where the suite has it: not bookworm, see scripts/in-root),
+# and what the tests run in front of and beside it: a transaction pooler
+# (tests/test_pooler.py) and the Prometheus exporter (tests/test_exporter.py).
+# Their own services are not wanted: on a machine run by systemd the
+# packages enable and start them, so they are stopped and disabled again.
+TEST_DAEMONS=(pgbouncer prometheus-postgres-exporter)
 ensure_packages() {
     local wanted=(postgresql-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR} libclang-dev clang sudo
-                  postgresql-${PG_MAJOR}-cron postgresql-${PG_MAJOR}-partman python3-venv)
+                  postgresql-${PG_MAJOR}-cron postgresql-${PG_MAJOR}-partman python3-venv
+                  "${TEST_DAEMONS[@]}")
     local missing=()
     for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -44,6 +50,11 @@ ensure_packages() {
         log "installing Debian packages: ${missing[*]}"
         as_root apt-get update -q
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q "${missing[@]}"
+        if [ -d /run/systemd/system ]; then
+            for p in "${TEST_DAEMONS[@]}"; do
+                [[ " ${missing[*]} " == *" $p "* ]] && as_root systemctl disable --now -q "$p" || true
+            done
+        fi
     fi
 }
 

@@ -16,7 +16,9 @@ PORT = int(os.environ.get("TENANCY_TEST_PORT", "5498"))
 
 def connect(dbname, **kw):
     kw.setdefault("user", "postgres")
-    return psycopg.connect(host=HOST, port=PORT, dbname=dbname, **kw)
+    kw.setdefault("host", HOST)
+    kw.setdefault("port", PORT)
+    return psycopg.connect(dbname=dbname, **kw)
 
 
 @pytest.fixture
@@ -53,6 +55,24 @@ def grant_tenant(db, login, slug):
     """Makes `login` a member of the tenant's role."""
     role = db.execute("SELECT role_name FROM tenancy.tenants WHERE slug = %s", (slug,)).fetchone()[0]
     db.execute(f'GRANT "{role}" TO "{login}"')
+
+
+SHARED = "shared_default"  # the shared schema of the shipped default template
+
+
+def shared_tenant(db, slug):
+    """Provisions a shared-table tenant of the default template; its id."""
+    return db.execute("SELECT id FROM tenancy.provision(%s, NULL, 'default', '{\"isolation\": \"shared\"}')",
+                      (slug,)).fetchone()[0]
+
+
+def seed(db, tid, n=3):
+    """Rows in every shared table for a tenant, as superuser (no RLS)."""
+    for i in range(n):
+        uid = db.execute(f"INSERT INTO {SHARED}.users (tenant_id, email) VALUES (%s, %s) RETURNING id",
+                         (tid, f"u{i}@{tid}")).fetchone()[0]
+        db.execute(f"INSERT INTO {SHARED}.items (tenant_id, owner_id, title) VALUES (%s, %s, 'item')", (tid, uid))
+        db.execute(f"INSERT INTO {SHARED}.audit_events (tenant_id, user_id, action) VALUES (%s, %s, 'login')", (tid, uid))
 
 
 # extensions scripts/test has installed: a test that needs one fails rather
@@ -118,3 +138,66 @@ def consistency(conn):
            WHERE action = 'provision' GROUP BY tenant_slug HAVING count(*) > 1) d"""
     ).fetchone()[0]
     return orphans, twice
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def daemon():
+    """Starts programs the test talks to (a pooler, an exporter):
+    daemon.start(argv, port) runs argv in daemon.dir (a fresh directory it
+    may write), waits until it listens on 127.0.0.1:port and returns the
+    process; each is stopped, and the directory removed, after the test.
+    As root they run as postgres (PgBouncer refuses to run as root)."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    import types
+
+    root = os.geteuid() == 0
+    workdir = tempfile.mkdtemp(prefix="tenancy-daemon-")
+    if root:
+        shutil.chown(workdir, "postgres", "postgres")
+    started = []
+
+    def start(argv, port, env=None):
+        name = os.path.basename(argv[0])
+        if root:
+            argv = ["sudo", "-u", "postgres", *(f"--preserve-env={k}" for k in env or {}), *argv]
+        log = open(os.path.join(workdir, name + ".out"), "wb")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+                                env={**os.environ, **(env or {})})
+        started.append((proc, log))
+
+        def listening():
+            if proc.poll() is not None:
+                with open(log.name, errors="replace") as f:
+                    raise AssertionError(f"{name} exited with {proc.returncode}: {f.read()[-2000:]}")
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, timeout=30, what=f"{name} to listen on port {port}")
+        return proc
+
+    def output(name):
+        with open(os.path.join(workdir, name + ".out"), errors="replace") as f:
+            return f.read()
+
+    yield types.SimpleNamespace(dir=workdir, start=start, output=output)
+    for proc, log in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -10,23 +10,7 @@ import uuid
 import pytest
 from psycopg import errors
 
-from conftest import connect
-
-SHARED = "shared_default"
-
-
-def shared_tenant(db, slug):
-    return db.execute("SELECT id FROM tenancy.provision(%s, NULL, 'default', '{\"isolation\": \"shared\"}')",
-                      (slug,)).fetchone()[0]
-
-
-def seed(db, tid, n=3):
-    """Rows in every shared table for a tenant, as superuser (no RLS)."""
-    for i in range(n):
-        uid = db.execute(f"INSERT INTO {SHARED}.users (tenant_id, email) VALUES (%s, %s) RETURNING id",
-                         (tid, f"u{i}@{tid}")).fetchone()[0]
-        db.execute(f"INSERT INTO {SHARED}.items (tenant_id, owner_id, title) VALUES (%s, %s, 'item')", (tid, uid))
-        db.execute(f"INSERT INTO {SHARED}.audit_events (tenant_id, user_id, action) VALUES (%s, %s, 'login')", (tid, uid))
+from conftest import SHARED, connect, seed, shared_tenant
 
 
 @pytest.fixture
