@@ -107,6 +107,17 @@ BEGIN
     GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
     GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.tenant_may_write(), tenancy.admin_role(),
                               tenancy.set_tenant(text, boolean), tenancy.set_tenant(uuid, boolean) TO PUBLIC;
+    -- the monitoring role (monitoring/tenancy_exporter.yaml): counts, states
+    -- and sizes, never a spec, setting, audit detail or error text
+    GRANT SELECT (id, slug, status, isolation) ON tenancy.tenants TO pg_monitor;
+    GRANT SELECT (id, kind, status, created_at, started_at, finished_at) ON tenancy.batches TO pg_monitor;
+    GRANT SELECT (batch_id, status, next_attempt_at, duration_ms) ON tenancy.batch_items TO pg_monitor;
+    GRANT SELECT (action, at, duration_ms) ON tenancy.audit_log TO pg_monitor;
+    GRANT SELECT ON tenancy.latest_metrics TO pg_monitor;
+    GRANT EXECUTE ON FUNCTION tenancy.health() TO pg_monitor;
+    GRANT SELECT ON tenancy.tenant_activity TO pg_monitor;
+    -- the view's function runs with the reader's EXECUTE right
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy._activity() TO pg_monitor, %I', admin);
 
     -- set_tenant reads the catalog as the owner, but must not pin
     -- search_path: setting it (for a schema tenant) is part of its job. Its

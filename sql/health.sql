@@ -89,7 +89,8 @@ BEGIN
             RETURN jsonb_build_object(
                 'tenant', t.slug, 'status', t.status, 'isolation', 'shared', 'template', t.template,
                 'template_version', t.template_version, 'shared_schema', schema_now,
-                'rows', per_table, 'row_count', row_estimate, 'writes_refused_since', t.over_quota_since)
+                'rows', per_table, 'row_count', row_estimate, 'writes_refused_since', t.over_quota_since,
+                'activity', tenancy._activity_of(t.id))
                 || tenancy._tenant_score(jsonb_build_object('status', t.status, 'template', t.template,
                                                             'template_version', t.template_version,
                                                             'over_quota_since', t.over_quota_since::text));
@@ -152,7 +153,7 @@ BEGIN
         'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns, 'users', users_now,
         'hypertables', hypertables,
         'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
-        'writes_refused_since', t.over_quota_since)
+        'writes_refused_since', t.over_quota_since, 'activity', tenancy._activity_of(t.id))
         || tenancy._tenant_score(jsonb_build_object(
                'over_quota_since', t.over_quota_since::text,
                'status', t.status, 'template', t.template, 'template_version', t.template_version,

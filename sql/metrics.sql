@@ -190,11 +190,33 @@ SELECT DISTINCT ON (m.tenant_id) t.slug, m.*
 FROM tenancy.tenant_metrics m JOIN tenancy.tenants t ON t.id = m.tenant_id
 ORDER BY m.tenant_id, m.collected_at DESC;
 
+-- Each tenant's statements in the current and the previous period
+-- (tenancy.activity_period), from the preloaded library's shared memory
+-- (src/activity.rs): counted under the tenant set by set_tenant, or under
+-- the first schema of the search_path, which is matched to its tenant here.
+CREATE VIEW tenancy.tenant_activity AS
+SELECT t.id AS tenant_id, t.slug, a.period_start, a.period_end,
+       sum(a.statements)::bigint AS statements, round(sum(a.total_ms)::numeric, 3) AS total_ms,
+       round(max(a.max_ms)::numeric, 3) AS max_ms, sum(a.rows)::bigint AS rows
+FROM tenancy._activity() a
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = a.schema_oid
+JOIN tenancy.tenants t ON t.id = a.tenant_id OR (a.tenant_id IS NULL AND t.schema_name = n.nspname)
+GROUP BY t.id, t.slug, a.period_start, a.period_end;
+
+-- health(tenant)'s activity: the tenant's periods, oldest first.
+CREATE FUNCTION tenancy._activity_of(tenant uuid) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'period_start', a.period_start, 'statements', a.statements, 'total_ms', a.total_ms,
+                   'max_ms', a.max_ms, 'rows', a.rows) ORDER BY a.period_start), '[]')
+        FROM tenancy.tenant_activity a WHERE a.tenant_id = tenant);
+
 -- One row for dashboards: tenants by status, and the pace of provisioning
 -- over the last day (from the audit log: each provision's duration).
 CREATE VIEW tenancy.stats AS
 SELECT t.tenants, t.active, t.suspended, t.archived, t.dropped, t.failed, t.shared,
-       p.provisioned_24h, p.from_pool_24h, p.provision_p50_ms, p.provision_p95_ms
+       p.provisioned_24h, p.from_pool_24h, p.provision_p50_ms, p.provision_p95_ms,
+       b.busiest_tenants
 FROM (SELECT count(*) FILTER (WHERE status <> 'dropped') AS tenants,
              count(*) FILTER (WHERE status = 'active') AS active,
              count(*) FILTER (WHERE status = 'suspended') AS suspended,
@@ -208,4 +230,11 @@ FROM (SELECT count(*) FILTER (WHERE status <> 'dropped') AS tenants,
              round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p50_ms,
              round(percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p95_ms
       FROM tenancy.audit_log a
-      WHERE a.action = 'provision' AND a.at > now() - interval '1 day') p;
+      WHERE a.action = 'provision' AND a.at > now() - interval '1 day') p,
+     -- the noisiest tenants: most statement time over the current and the
+     -- previous activity period
+     (SELECT coalesce(jsonb_agg(jsonb_build_object('slug', x.slug, 'statements', x.statements,
+                                                   'total_ms', x.total_ms) ORDER BY x.total_ms DESC), '[]')
+                 AS busiest_tenants
+      FROM (SELECT slug, sum(statements) AS statements, sum(total_ms) AS total_ms
+            FROM tenancy.tenant_activity GROUP BY slug ORDER BY 3 DESC LIMIT 5) x) b;

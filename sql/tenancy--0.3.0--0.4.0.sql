@@ -64,6 +64,25 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.events_id_seq', '');
 -- Every function and view, as in a fresh install (written by
 -- scripts/upgrade-functions from the generated install script).
 -- <functions>
+CREATE OR REPLACE FUNCTION "_activity"() RETURNS TABLE (
+	"tenant_id" uuid,  /* Option < Uuid > */
+	"schema_oid" oid,  /* Option < pg_sys :: Oid > */
+	"period_start" timestamp with time zone,  /* TimestampWithTimeZone */
+	"period_end" timestamp with time zone,  /* TimestampWithTimeZone */
+	"statements" bigint,  /* i64 */
+	"total_ms" double precision,  /* f64 */
+	"max_ms" double precision,  /* f64 */
+	"rows" bigint  /* i64 */
+)
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'activity_wrapper';
+
+CREATE OR REPLACE FUNCTION "_activity_dropped"() RETURNS bigint /* i64 */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'dropped_wrapper';
+
 CREATE OR REPLACE FUNCTION "_as_owner"(
 	"sql" TEXT, /* & str */
 	"tenant" uuid /* Option < Uuid > */
@@ -1225,7 +1244,8 @@ BEGIN
             RETURN jsonb_build_object(
                 'tenant', t.slug, 'status', t.status, 'isolation', 'shared', 'template', t.template,
                 'template_version', t.template_version, 'shared_schema', schema_now,
-                'rows', per_table, 'row_count', row_estimate, 'writes_refused_since', t.over_quota_since)
+                'rows', per_table, 'row_count', row_estimate, 'writes_refused_since', t.over_quota_since,
+                'activity', tenancy._activity_of(t.id))
                 || tenancy._tenant_score(jsonb_build_object('status', t.status, 'template', t.template,
                                                             'template_version', t.template_version,
                                                             'over_quota_since', t.over_quota_since::text));
@@ -1288,7 +1308,7 @@ BEGIN
         'size_bytes', size_bytes, 'row_estimate', row_estimate, 'connections', conns, 'users', users_now,
         'hypertables', hypertables,
         'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
-        'writes_refused_since', t.over_quota_since)
+        'writes_refused_since', t.over_quota_since, 'activity', tenancy._activity_of(t.id))
         || tenancy._tenant_score(jsonb_build_object(
                'over_quota_since', t.over_quota_since::text,
                'status', t.status, 'template', t.template, 'template_version', t.template_version,
@@ -2067,9 +2087,26 @@ SELECT DISTINCT ON (m.tenant_id) t.slug, m.*
 FROM tenancy.tenant_metrics m JOIN tenancy.tenants t ON t.id = m.tenant_id
 ORDER BY m.tenant_id, m.collected_at DESC;
 
+CREATE OR REPLACE VIEW tenancy.tenant_activity AS
+SELECT t.id AS tenant_id, t.slug, a.period_start, a.period_end,
+       sum(a.statements)::bigint AS statements, round(sum(a.total_ms)::numeric, 3) AS total_ms,
+       round(max(a.max_ms)::numeric, 3) AS max_ms, sum(a.rows)::bigint AS rows
+FROM tenancy._activity() a
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = a.schema_oid
+JOIN tenancy.tenants t ON t.id = a.tenant_id OR (a.tenant_id IS NULL AND t.schema_name = n.nspname)
+GROUP BY t.id, t.slug, a.period_start, a.period_end;
+
+CREATE OR REPLACE FUNCTION tenancy._activity_of(tenant uuid) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'period_start', a.period_start, 'statements', a.statements, 'total_ms', a.total_ms,
+                   'max_ms', a.max_ms, 'rows', a.rows) ORDER BY a.period_start), '[]')
+        FROM tenancy.tenant_activity a WHERE a.tenant_id = tenant);
+
 CREATE OR REPLACE VIEW tenancy.stats AS
 SELECT t.tenants, t.active, t.suspended, t.archived, t.dropped, t.failed, t.shared,
-       p.provisioned_24h, p.from_pool_24h, p.provision_p50_ms, p.provision_p95_ms
+       p.provisioned_24h, p.from_pool_24h, p.provision_p50_ms, p.provision_p95_ms,
+       b.busiest_tenants
 FROM (SELECT count(*) FILTER (WHERE status <> 'dropped') AS tenants,
              count(*) FILTER (WHERE status = 'active') AS active,
              count(*) FILTER (WHERE status = 'suspended') AS suspended,
@@ -2083,7 +2120,14 @@ FROM (SELECT count(*) FILTER (WHERE status <> 'dropped') AS tenants,
              round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p50_ms,
              round(percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS provision_p95_ms
       FROM tenancy.audit_log a
-      WHERE a.action = 'provision' AND a.at > now() - interval '1 day') p;
+      WHERE a.action = 'provision' AND a.at > now() - interval '1 day') p,
+     -- the noisiest tenants: most statement time over the current and the
+     -- previous activity period
+     (SELECT coalesce(jsonb_agg(jsonb_build_object('slug', x.slug, 'statements', x.statements,
+                                                   'total_ms', x.total_ms) ORDER BY x.total_ms DESC), '[]')
+                 AS busiest_tenants
+      FROM (SELECT slug, sum(statements) AS statements, sum(total_ms) AS total_ms
+            FROM tenancy.tenant_activity GROUP BY slug ORDER BY 3 DESC LIMIT 5) x) b;
 
 CREATE OR REPLACE FUNCTION tenancy._check_saved_catalog() RETURNS void
 LANGUAGE plpgsql
@@ -2349,6 +2393,17 @@ BEGIN
     GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
     GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id(), tenancy.tenant_may_write(), tenancy.admin_role(),
                               tenancy.set_tenant(text, boolean), tenancy.set_tenant(uuid, boolean) TO PUBLIC;
+    -- the monitoring role (monitoring/tenancy_exporter.yaml): counts, states
+    -- and sizes, never a spec, setting, audit detail or error text
+    GRANT SELECT (id, slug, status, isolation) ON tenancy.tenants TO pg_monitor;
+    GRANT SELECT (id, kind, status, created_at, started_at, finished_at) ON tenancy.batches TO pg_monitor;
+    GRANT SELECT (batch_id, status, next_attempt_at, duration_ms) ON tenancy.batch_items TO pg_monitor;
+    GRANT SELECT (action, at, duration_ms) ON tenancy.audit_log TO pg_monitor;
+    GRANT SELECT ON tenancy.latest_metrics TO pg_monitor;
+    GRANT EXECUTE ON FUNCTION tenancy.health() TO pg_monitor;
+    GRANT SELECT ON tenancy.tenant_activity TO pg_monitor;
+    -- the view's function runs with the reader's EXECUTE right
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy._activity() TO pg_monitor, %I', admin);
 
     -- set_tenant reads the catalog as the owner, but must not pin
     -- search_path: setting it (for a schema tenant) is part of its job. Its

@@ -23,8 +23,28 @@ pub static METRICS_RETENTION: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"90 days"));
 pub static TENANT_ID: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
+pub static TRACK_ACTIVITY: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static ACTIVITY_PERIOD_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
 
 pub fn register() {
+    GucRegistry::define_bool_guc(
+        c"tenancy.track_activity",
+        c"Counts each tenant's statements, their time and rows in tenancy.tenant_activity.",
+        c"Needs the library preloaded. Superuser only, so that a tenant cannot hide its own load.",
+        &TRACK_ACTIVITY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.activity_period",
+        c"Length of a period of tenancy.tenant_activity, which shows the current one and the one before.",
+        c"Periods start at multiples of it since the Unix epoch; a change starts counting anew.",
+        &ACTIVITY_PERIOD_S,
+        1,
+        7 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_string_guc(
         c"tenancy.metrics_retention",
         c"tenant_metrics partitions wholly older than this are dropped by maintenance; empty keeps them all.",

@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+mod activity;
 mod api;
 mod catalog;
 mod error;
@@ -59,7 +60,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/metrics.sql",
     name = "metrics",
-    requires = ["maintenance", database_file_sizes]
+    requires = ["maintenance", database_file_sizes, activity]
 );
 extension_sql_file!("../sql/adopt.sql", name = "adopt", requires = ["metrics"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
@@ -73,6 +74,7 @@ pub extern "C-unwind" fn _PG_init() {
     // it, process_queue() does the same work when called.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::init_preloaded();
+        activity::init_preloaded();
     }
 }
 
