@@ -117,7 +117,7 @@ BEGIN
     GRANT EXECUTE ON FUNCTION tenancy.health() TO pg_monitor;
     GRANT SELECT ON tenancy.tenant_activity TO pg_monitor;
     -- the view's function runs with the reader's EXECUTE right
-    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy._activity() TO pg_monitor, %I', admin);
+    GRANT EXECUTE ON FUNCTION tenancy.activity_counters() TO pg_monitor;
 
     -- set_tenant reads the catalog as the owner, but must not pin
     -- search_path: setting it (for a schema tenant) is part of its job. Its

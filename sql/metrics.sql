@@ -198,7 +198,7 @@ CREATE VIEW tenancy.tenant_activity AS
 SELECT t.id AS tenant_id, t.slug, a.period_start, a.period_end,
        sum(a.statements)::bigint AS statements, round(sum(a.total_ms)::numeric, 3) AS total_ms,
        round(max(a.max_ms)::numeric, 3) AS max_ms, sum(a.rows)::bigint AS rows
-FROM tenancy._activity() a
+FROM tenancy.activity_counters() a
 LEFT JOIN pg_catalog.pg_namespace n ON n.oid = a.schema_oid
 JOIN tenancy.tenants t ON t.id = a.tenant_id OR (a.tenant_id IS NULL AND t.schema_name = n.nspname)
 GROUP BY t.id, t.slug, a.period_start, a.period_end;

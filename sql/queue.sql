@@ -46,6 +46,18 @@ BEGIN
                         AND i.next_attempt_at <= now_ts)
         ORDER BY bt.created_at
     LOOP
+        -- The batch starts before any of its items is claimed: this write
+        -- gives the starting transaction its id before any item's
+        -- transaction gets one (a concurrent claimer waits on the batch row
+        -- with a later id), so batch_started comes before the items' events
+        -- in events_since's order.
+        IF b.status = 'queued' THEN
+            UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
+            WHERE id = b.id AND status = 'queued';
+            IF FOUND THEN
+                PERFORM tenancy._event_write('batch_started', NULL, NULL, b.id, jsonb_build_object('kind', b.kind));
+            END IF;
+        END IF;
         -- at most max_concurrent sessions work on one batch at a time: each
         -- holds one of its slot rows until its transaction ends
         PERFORM 1 FROM tenancy.batch_slots s WHERE s.batch_id = b.id
@@ -68,13 +80,6 @@ BEGIN
         FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
 
-        IF b.status = 'queued' THEN
-            UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
-            WHERE id = b.id AND status = 'queued';
-            IF FOUND THEN
-                PERFORM tenancy._event_write('batch_started', NULL, NULL, b.id, jsonb_build_object('kind', b.kind));
-            END IF;
-        END IF;
         RETURN;
     END LOOP;
 END

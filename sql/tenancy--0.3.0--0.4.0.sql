@@ -64,25 +64,6 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.events_id_seq', '');
 -- Every function and view, as in a fresh install (written by
 -- scripts/upgrade-functions from the generated install script).
 -- <functions>
-CREATE OR REPLACE FUNCTION "_activity"() RETURNS TABLE (
-	"tenant_id" uuid,  /* Option < Uuid > */
-	"schema_oid" oid,  /* Option < pg_sys :: Oid > */
-	"period_start" timestamp with time zone,  /* TimestampWithTimeZone */
-	"period_end" timestamp with time zone,  /* TimestampWithTimeZone */
-	"statements" bigint,  /* i64 */
-	"total_ms" double precision,  /* f64 */
-	"max_ms" double precision,  /* f64 */
-	"rows" bigint  /* i64 */
-)
-STRICT 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'activity_wrapper';
-
-CREATE OR REPLACE FUNCTION "_activity_dropped"() RETURNS bigint /* i64 */
-STRICT 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'dropped_wrapper';
-
 CREATE OR REPLACE FUNCTION "_as_owner"(
 	"sql" TEXT, /* & str */
 	"tenant" uuid /* Option < Uuid > */
@@ -307,6 +288,18 @@ BEGIN
                         AND i.next_attempt_at <= now_ts)
         ORDER BY bt.created_at
     LOOP
+        -- The batch starts before any of its items is claimed: this write
+        -- gives the starting transaction its id before any item's
+        -- transaction gets one (a concurrent claimer waits on the batch row
+        -- with a later id), so batch_started comes before the items' events
+        -- in events_since's order.
+        IF b.status = 'queued' THEN
+            UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
+            WHERE id = b.id AND status = 'queued';
+            IF FOUND THEN
+                PERFORM tenancy._event_write('batch_started', NULL, NULL, b.id, jsonb_build_object('kind', b.kind));
+            END IF;
+        END IF;
         -- at most max_concurrent sessions work on one batch at a time: each
         -- holds one of its slot rows until its transaction ends
         PERFORM 1 FROM tenancy.batch_slots s WHERE s.batch_id = b.id
@@ -329,13 +322,6 @@ BEGIN
         FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
 
-        IF b.status = 'queued' THEN
-            UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
-            WHERE id = b.id AND status = 'queued';
-            IF FOUND THEN
-                PERFORM tenancy._event_write('batch_started', NULL, NULL, b.id, jsonb_build_object('kind', b.kind));
-            END IF;
-        END IF;
         RETURN;
     END LOOP;
 END
@@ -1327,6 +1313,20 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'worker_state_wrapper';
 
+CREATE OR REPLACE FUNCTION "activity_counters"() RETURNS TABLE (
+	"tenant_id" uuid,  /* Option < Uuid > */
+	"schema_oid" oid,  /* Option < pg_sys :: Oid > */
+	"period_start" timestamp with time zone,  /* TimestampWithTimeZone */
+	"period_end" timestamp with time zone,  /* TimestampWithTimeZone */
+	"statements" bigint,  /* i64 */
+	"total_ms" double precision,  /* f64 */
+	"max_ms" double precision,  /* f64 */
+	"rows" bigint  /* i64 */
+)
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'activity_wrapper';
+
 CREATE OR REPLACE FUNCTION "admin_role"() RETURNS TEXT /* String */
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
@@ -2091,7 +2091,7 @@ CREATE OR REPLACE VIEW tenancy.tenant_activity AS
 SELECT t.id AS tenant_id, t.slug, a.period_start, a.period_end,
        sum(a.statements)::bigint AS statements, round(sum(a.total_ms)::numeric, 3) AS total_ms,
        round(max(a.max_ms)::numeric, 3) AS max_ms, sum(a.rows)::bigint AS rows
-FROM tenancy._activity() a
+FROM tenancy.activity_counters() a
 LEFT JOIN pg_catalog.pg_namespace n ON n.oid = a.schema_oid
 JOIN tenancy.tenants t ON t.id = a.tenant_id OR (a.tenant_id IS NULL AND t.schema_name = n.nspname)
 GROUP BY t.id, t.slug, a.period_start, a.period_end;
@@ -2403,7 +2403,7 @@ BEGIN
     GRANT EXECUTE ON FUNCTION tenancy.health() TO pg_monitor;
     GRANT SELECT ON tenancy.tenant_activity TO pg_monitor;
     -- the view's function runs with the reader's EXECUTE right
-    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy._activity() TO pg_monitor, %I', admin);
+    GRANT EXECUTE ON FUNCTION tenancy.activity_counters() TO pg_monitor;
 
     -- set_tenant reads the catalog as the owner, but must not pin
     -- search_path: setting it (for a schema tenant) is part of its job. Its

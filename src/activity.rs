@@ -329,8 +329,9 @@ unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
         pg_sys::InstrEndLoop((*query).totaltime);
         let us = ((*(*query).totaltime).total * 1_000_000.0) as u64;
         let rows = (*(*query).estate).es_processed;
-        if let Some(key) = context() {
-            record(&key, us, rows);
+        match context() {
+            Some(key) => record(&key, us, rows),
+            None => flush_if_due(),
         }
     }
     match PREV_END {
@@ -340,7 +341,10 @@ unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
 }
 
 /// Whose statement this is: the tenant set by `set_tenant`, or else the
-/// first schema of the search path other than pg_catalog.
+/// first schema of the search path other than pg_catalog, when it is a
+/// tenant schema (owned by this database's owner role: a schema anyone else
+/// made gets no slot, so it can neither take the slots of tenants nor pass
+/// for a tenant whose name it copies).
 fn context() -> Option<Key> {
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     if let Some(value) = crate::gucs::TENANT_ID.get() {
@@ -350,13 +354,79 @@ fn context() -> Option<Key> {
     }
     let mut path = [pg_sys::InvalidOid; 4];
     let n = unsafe { pg_sys::fetch_search_path_array(path.as_mut_ptr(), path.len() as i32) };
-    let first = path
+    let first = *path
         .iter()
         .take(n.max(0) as usize)
         .find(|oid| oid.to_u32() != pg_sys::PG_CATALOG_NAMESPACE)?;
+    if !tenant_schema(first) {
+        return None;
+    }
     let mut id = [0u8; 16];
     id[..4].copy_from_slice(&first.to_u32().to_le_bytes());
     Some(Key { db, kind: 2, id })
+}
+
+thread_local! {
+    /// Schemas this backend has looked at: whether each is a tenant schema.
+    /// Forgotten when any schema changes (a syscache invalidation).
+    static SCHEMA_IS_TENANT: std::cell::RefCell<std::collections::HashMap<u32, bool>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+    static OWNER_ROLE: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
+    static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn tenant_schema(nsp: pg_sys::Oid) -> bool {
+    if let Some(known) = SCHEMA_IS_TENANT.with(|m| m.borrow().get(&nsp.to_u32()).copied()) {
+        return known;
+    }
+    if !CALLBACK.with(|c| c.replace(true)) {
+        unsafe {
+            pg_sys::CacheRegisterSyscacheCallback(
+                pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
+                Some(forget_schemas),
+                pg_sys::Datum::from(0),
+            );
+            pg_sys::CacheRegisterSyscacheCallback(
+                pg_sys::SysCacheIdentifier::AUTHOID as i32,
+                Some(forget_schemas),
+                pg_sys::Datum::from(0),
+            );
+        }
+    }
+    let owner = OWNER_ROLE.with(|o| match o.get() {
+        Some(oid) => oid,
+        None => {
+            let name = std::ffi::CString::new(crate::roles::owner_role()).unwrap_or_default();
+            let oid = unsafe { pg_sys::get_role_oid(name.as_ptr(), true) };
+            o.set(Some(oid));
+            oid
+        }
+    });
+    let is_tenant = owner != pg_sys::InvalidOid && owns(nsp, owner);
+    SCHEMA_IS_TENANT.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() > 10_000 {
+            m.clear();
+        }
+        m.insert(nsp.to_u32(), is_tenant);
+    });
+    is_tenant
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+fn owns(nsp: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::pg_namespace_ownercheck(nsp, role) }
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+fn owns(nsp: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::object_ownercheck(pg_sys::NamespaceRelationId, nsp, role) }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_schemas(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    SCHEMA_IS_TENANT.with(|m| m.borrow_mut().clear());
+    OWNER_ROLE.with(|o| o.set(None));
 }
 
 fn uuid_of(text: &[u8]) -> Result<[u8; 16], ()> {
@@ -426,6 +496,17 @@ unsafe extern "C-unwind" fn flush_at_exit(_code: i32, _arg: pg_sys::Datum) {
     flush();
 }
 
+/// A statement of no tenant: what the session holds back goes to shared
+/// memory if it has waited long enough.
+fn flush_if_due() {
+    let due = PENDING.with(|p| {
+        matches!(&*p.borrow(), Some(q) if crate::worker::shmem::now_ms() - q.since_ms >= FLUSH_AFTER_MS)
+    });
+    if due {
+        flush();
+    }
+}
+
 /// Adds what this backend holds back to shared memory.
 fn flush() {
     if let Some(p) = PENDING.with(|p| p.borrow_mut().take()) {
@@ -449,8 +530,9 @@ fn add_to_shared(p: &Pending) {
     }
 }
 
-/// This database's entries, both periods, as the view reads them.
-#[pg_extern(name = "_activity")]
+/// This database's entries, both periods, as the view reads them (a
+/// tenant's id, or a tenant schema's OID).
+#[pg_extern(name = "activity_counters")]
 #[allow(clippy::type_complexity)]
 fn activity() -> TableIterator<
     'static,
@@ -505,10 +587,14 @@ fn activity() -> TableIterator<
     TableIterator::new(out)
 }
 
+/// Whether statements of this session are being counted.
+pub fn tracking() -> bool {
+    READY.load(Ordering::Relaxed) && crate::gucs::TRACK_ACTIVITY.get()
+}
+
 /// Statements not counted since the server started because every slot was
 /// taken (health() reports it).
-#[pg_extern(name = "_activity_dropped")]
-fn dropped() -> i64 {
+pub fn dropped() -> i64 {
     if !READY.load(Ordering::Relaxed) {
         return 0;
     }

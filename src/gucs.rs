@@ -30,7 +30,7 @@ pub fn register() {
     GucRegistry::define_bool_guc(
         c"tenancy.track_activity",
         c"Counts each tenant's statements, their time and rows in tenancy.tenant_activity.",
-        c"Needs the library preloaded. Superuser only, so that a tenant cannot hide its own load.",
+        c"Needs the library preloaded. Superuser only: a tenant's session cannot turn it off.",
         &TRACK_ACTIVITY,
         GucContext::Suset,
         GucFlags::default(),

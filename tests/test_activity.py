@@ -134,7 +134,7 @@ def test_who_may_read_activity(db, fresh_db, login, tenants):
     with connect(fresh_db, user=login, autocommit=True) as c:
         c.execute("SET search_path = tenant_act_s")
         c.execute("SELECT * FROM users")
-        for sql in ["SELECT * FROM tenancy.tenant_activity", "SELECT * FROM tenancy._activity()",
+        for sql in ["SELECT * FROM tenancy.tenant_activity", "SELECT * FROM tenancy.activity_counters()",
                     "SELECT busiest_tenants FROM tenancy.stats"]:
             with pytest.raises(errors.InsufficientPrivilege):
                 c.execute(sql)
@@ -148,5 +148,34 @@ def test_who_may_read_activity(db, fresh_db, login, tenants):
         # the admin's own statements here are no tenant's
         assert c.execute("SELECT slug, statements FROM tenancy.tenant_activity").fetchall() == [("act_s", 1)]
     # another database's tenants are not shown here
-    assert db.execute("SELECT count(*) FROM tenancy._activity() a JOIN tenancy.tenants t ON t.id = a.tenant_id "
+    assert db.execute("SELECT count(*) FROM tenancy.activity_counters() a JOIN tenancy.tenants t ON t.id = a.tenant_id "
                       "WHERE t.slug NOT LIKE 'act_%'").fetchone()[0] == 0
+
+
+def test_a_schema_someone_else_made_is_no_tenant(db, fresh_db, login, tenants):
+    """Attack (a login with CREATE on the database): schemas of its own first
+    on the search_path, to take the shared slots from the tenants, or named
+    like a tenant that was dropped, to pass for it."""
+    db.execute(f'GRANT CREATE ON DATABASE "{fresh_db}" TO "{login}"')
+    db.execute("SELECT tenancy.drop_tenant('act_q')")
+    with connect(fresh_db, user=login, autocommit=True) as c:
+        c.execute("""DO $$ BEGIN FOR i IN 1..300 LOOP
+                       EXECUTE format('CREATE SCHEMA own%s', i);
+                     END LOOP; END $$""")
+        for i in range(1, 301, 10):
+            c.execute(f"SET search_path = own{i}")
+            c.execute("SELECT 1")
+        c.execute("CREATE SCHEMA tenant_act_q")
+        c.execute("SET search_path = tenant_act_q")
+        c.execute("SELECT pg_sleep(0.2)")
+        # and the real tenant, by its schema, is still counted
+        c.execute("RESET search_path")
+    with connect(fresh_db, autocommit=True, options="-c search_path=tenant_act_s") as c:
+        c.execute("SELECT * FROM users")
+    assert activity(db, "act_s", (1, 0)) == (1, 0)
+    assert db.execute("SELECT count(*) FROM tenancy.activity_counters() WHERE tenant_id IS NULL AND "
+                      "schema_oid NOT IN (SELECT to_regnamespace(schema_name) FROM tenancy.tenants "
+                      "WHERE schema_name IS NOT NULL)").fetchone()[0] == 0
+    assert activity(db, "act_q") == (0, 0)
+    health = db.execute("SELECT tenancy.health()->'activity'").fetchone()[0]
+    assert health["tracking"] is True and health["untracked_statements"] == 0

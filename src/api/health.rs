@@ -120,6 +120,10 @@ fn health() -> JsonB {
     if timescaledb.get("scheduler_running") == Some(&json!(false)) {
         problems.lower(20, "TimescaleDB's scheduler is not running in this database: its policies do not run (check max_worker_processes and timescaledb.max_background_workers)");
     }
+    let untracked = crate::activity::dropped();
+    if untracked > 0 {
+        problems.lower(5, format!("{untracked} statement(s) were not counted in tenancy.tenant_activity: more tenants were active in two periods than its 4,096 slots (every database of the server)"));
+    }
     let score = problems.value();
     let problems = problems.reasons();
     JsonB(json!({
@@ -132,6 +136,10 @@ fn health() -> JsonB {
         "metrics": metrics,
         "maintenance": maintenance,
         "tenants": tenants,
+        "activity": json!({
+            "tracking": crate::activity::tracking(),
+            "untracked_statements": untracked,
+        }),
         "timescaledb": timescaledb,
         "version": json!({"extension": installed, "library": library}),
     }))
