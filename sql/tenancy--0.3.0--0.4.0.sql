@@ -141,7 +141,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     after_xid xid8;
-    settled xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    snap pg_snapshot := pg_current_snapshot();
+    settled xid8;
 BEGIN
     IF last_id IS NULL OR last_id < 0 OR max_events IS NULL OR max_events < 1 THEN
         RAISE EXCEPTION 'events_since needs a last_id of 0 or more and a max_events of 1 or more'
@@ -156,6 +157,17 @@ BEGIN
                       HINT = 'Read the state you need from tenancy.tenants and tenancy.batch_status, then go on with events_since(0).';
         END IF;
     END IF;
+    SELECT coalesce(min(x.xid), pg_snapshot_xmax(snap)) INTO settled
+    FROM pg_snapshot_xip(snap) AS x(xid)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM pg_stat_activity a
+        LEFT JOIN pg_roles r ON r.oid = a.usesysid
+        -- backend_xid is the 32-bit xid: the low bits of the xid8
+        WHERE a.backend_xid::text::bigint = (x.xid::text::numeric % 4294967296)::bigint
+          AND (a.datid IS DISTINCT FROM (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+               OR NOT (coalesce(r.rolsuper, false)
+                       OR pg_has_role(a.usesysid, tenancy._db_role('admin'), 'MEMBER')
+                       OR a.usesysid = (SELECT x.extowner FROM pg_extension x WHERE x.extname = 'tenancy'))));
     RETURN QUERY
     SELECT e.* FROM tenancy.events e
     WHERE e.xid < settled AND (after_xid IS NULL OR (e.xid, e.id) > (after_xid, last_id))

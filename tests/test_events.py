@@ -224,3 +224,25 @@ def test_events_are_for_the_admin_not_for_tenants(db, fresh_db, login):
             a.execute("INSERT INTO tenancy.events (kind) VALUES ('forged')")
         with pytest.raises(errors.InsufficientPrivilege):
             a.execute("SELECT tenancy._event_write('provisioned', NULL, 'forged', NULL, '{}')")
+
+
+def test_only_a_writers_open_transaction_holds_events_back(db, fresh_db, login):
+    """Attack: any login keeps a transaction open (in another database, or in
+    this one without the right to write events) to stall every consumer.
+    Only sessions that could write an event hold events back."""
+    with connect("postgres", user=login) as elsewhere, connect(fresh_db, user=login) as here:
+        for c in (elsewhere, here):
+            c.execute("SELECT pg_current_xact_id()")  # an xid, and the transaction stays open
+        db.execute("SELECT tenancy.provision('evh1')")
+        assert kinds(settled(db, 1, 0))[-1] == ("provisioned", "evh1")
+        for c in (elsewhere, here):
+            c.rollback()
+        # a member of the admin role could write one: its open transaction holds back
+        admin = db.execute("SELECT tenancy.admin_role()").fetchone()[0]
+        db.execute(f'GRANT "{admin}" TO "{login}"')
+        with connect(fresh_db, user=login) as writer:
+            writer.execute("SELECT pg_current_xact_id()")
+            db.execute("SELECT tenancy.provision('evh2')")
+            assert ("provisioned", "evh2") not in kinds(since(db))
+            writer.rollback()
+        assert kinds(settled(db, 2, 0))[-1] == ("provisioned", "evh2")
