@@ -5,6 +5,7 @@ and a batch were made."""
 
 import os
 import re
+import shutil
 import urllib.request
 
 import pytest
@@ -49,9 +50,13 @@ def exporter(db, fresh_db, login, daemon):
         skip_without("prometheus-postgres-exporter",
                      "prometheus-postgres-exporter is not installed (Debian package prometheus-postgres-exporter)")
     db.execute(f'GRANT pg_monitor TO "{login}"')
+    # a copy the exporter's user can read wherever the checkout is (a CI
+    # clone may sit in a directory only its owner can enter)
+    queries = shutil.copy(QUERIES, os.path.join(daemon.dir, "tenancy_exporter.yaml"))
+    os.chmod(queries, 0o644)
     port = free_port()
     dsn = f"host={HOST} port={PORT} user={login} dbname={fresh_db} sslmode=disable"
-    daemon.start([EXPORTER, f"--web.listen-address=127.0.0.1:{port}", f"--extend.query-path={os.path.abspath(QUERIES)}",
+    daemon.start([EXPORTER, f"--web.listen-address=127.0.0.1:{port}", f"--extend.query-path={queries}",
                   "--disable-default-metrics", "--disable-settings-metrics", *disabled_collectors()],
                  port, env={"DATA_SOURCE_NAME": dsn})
 
