@@ -172,6 +172,8 @@ pub fn init_preloaded() {
         pg_sys::ExecutorFinish_hook = Some(executor_finish);
         PREV_END = pg_sys::ExecutorEnd_hook;
         pg_sys::ExecutorEnd_hook = Some(executor_end);
+        PREV_PLANNER = pg_sys::planner_hook;
+        pg_sys::planner_hook = Some(planner);
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
     }
@@ -181,6 +183,7 @@ static mut PREV_START: pg_sys::ExecutorStart_hook_type = None;
 static mut PREV_RUN: pg_sys::ExecutorRun_hook_type = None;
 static mut PREV_FINISH: pg_sys::ExecutorFinish_hook_type = None;
 static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
+static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
 
 thread_local! {
     /// Executor runs under way in this backend: a statement started while
@@ -210,6 +213,12 @@ extern "C-unwind" {
     );
     fn standard_ExecutorFinish(query: *mut pg_sys::QueryDesc);
     fn standard_ExecutorEnd(query: *mut pg_sys::QueryDesc);
+    fn standard_planner(
+        parse: *mut pg_sys::Query,
+        query_string: *const std::ffi::c_char,
+        cursor_options: i32,
+        bound_params: pg_sys::ParamListInfo,
+    ) -> *mut pg_sys::PlannedStmt;
 }
 
 thread_local! {
@@ -227,6 +236,7 @@ unsafe extern "C-unwind" fn on_xact(_event: pg_sys::XactEvent::Type, _arg: *mut 
     // no statement runs across a transaction's end
     NESTING.with(|n| n.set(0));
     NESTING_AT_SUBXACT.with(|s| s.borrow_mut().clear());
+    STARTED.with(|s| s.borrow_mut().clear());
 }
 
 #[pg_guard]
@@ -273,13 +283,27 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
         Some(prev) => prev(query, eflags),
         None => standard_ExecutorStart(query, eflags),
     }
-    if tracked() && (*query).totaltime.is_null() {
-        // as pg_stat_statements: standard_ExecutorRun and _Finish time it
-        let old = pg_sys::MemoryContextSwitchTo((*(*query).estate).es_query_cxt);
-        (*query).totaltime =
-            pg_sys::InstrAlloc(1, pg_sys::InstrumentOption::INSTRUMENT_TIMER as i32, false);
-        pg_sys::MemoryContextSwitchTo(old);
+    // EXPLAIN without ANALYZE starts and ends a plan it never runs
+    let explain_only = eflags as u32 & pg_sys::EXEC_FLAG_EXPLAIN_ONLY != 0;
+    if tracked() && !explain_only {
+        if (*query).totaltime.is_null() {
+            // as pg_stat_statements: standard_ExecutorRun and _Finish time it
+            let old = pg_sys::MemoryContextSwitchTo((*(*query).estate).es_query_cxt);
+            (*query).totaltime =
+                pg_sys::InstrAlloc(1, pg_sys::InstrumentOption::INSTRUMENT_TIMER as i32, false);
+            pg_sys::MemoryContextSwitchTo(old);
+        }
+        // whose it is, decided as it starts: a context changed inside the
+        // statement (set_tenant(NULL) in its select list) does not move it
+        let key = context(Some(query));
+        STARTED.with(|s| s.borrow_mut().push((query as usize, key)));
     }
+}
+
+thread_local! {
+    /// The tenant of each top-level statement under way, by its QueryDesc
+    /// (more than one: cursors). Cleared at each transaction's end.
+    static STARTED: std::cell::RefCell<Vec<(usize, Option<Key>)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(not(feature = "pg18"))]
@@ -313,6 +337,24 @@ unsafe extern "C-unwind" fn executor_run(
     nesting_add(-1);
 }
 
+/// Planning is nested too: the planner runs stable functions to estimate
+/// (a policy's tenant look-up), and their statements are not the client's.
+#[pg_guard]
+unsafe extern "C-unwind" fn planner(
+    parse: *mut pg_sys::Query,
+    query_string: *const std::ffi::c_char,
+    cursor_options: i32,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    nesting_add(1);
+    let plan = match PREV_PLANNER {
+        Some(prev) => prev(parse, query_string, cursor_options, bound_params),
+        None => standard_planner(parse, query_string, cursor_options, bound_params),
+    };
+    nesting_add(-1);
+    plan
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
     nesting_add(1);
@@ -325,11 +367,19 @@ unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
-    if !(*query).totaltime.is_null() && tracked() {
+    let explain_only =
+        (*(*query).estate).es_top_eflags as u32 & pg_sys::EXEC_FLAG_EXPLAIN_ONLY != 0;
+    if !(*query).totaltime.is_null() && !explain_only && tracked() {
         pg_sys::InstrEndLoop((*query).totaltime);
         let us = ((*(*query).totaltime).total * 1_000_000.0) as u64;
         let rows = (*(*query).estate).es_processed;
-        match context() {
+        let started = STARTED.with(|s| {
+            let mut s = s.borrow_mut();
+            let at = s.iter().position(|(q, _)| *q == query as usize)?;
+            Some(s.swap_remove(at).1)
+        });
+        // a cursor held past its transaction is no longer in STARTED
+        match started.unwrap_or_else(|| context(None)) {
             Some(key) => record(&key, us, rows),
             None => flush_if_due(),
         }
@@ -340,30 +390,47 @@ unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
     }
 }
 
-/// Whose statement this is: the tenant set by `set_tenant`, or else the
-/// first schema of the search path other than pg_catalog, when it is a
-/// tenant schema (owned by this database's owner role: a schema anyone else
-/// made gets no slot, so it can neither take the slots of tenants nor pass
-/// for a tenant whose name it copies).
-fn context() -> Option<Key> {
-    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+/// Whose statement this is: the tenant set by `set_tenant`; or else the
+/// tenant whose schema holds the first table the plan reads or writes; or
+/// else the first schema of the search path other than pg_catalog. A schema
+/// is a tenant's only when this database's owner role owns it: a schema
+/// anyone else made gets no slot, so it can neither take the slots of
+/// tenants nor pass for a tenant whose name it copies.
+unsafe fn context(query: Option<*mut pg_sys::QueryDesc>) -> Option<Key> {
+    let db = pg_sys::MyDatabaseId.to_u32();
     if let Some(value) = crate::gucs::TENANT_ID.get() {
         if let Ok(id) = uuid_of(value.to_bytes()) {
             return Some(Key { db, kind: 1, id });
         }
     }
+    let schema_key = |nsp: pg_sys::Oid| {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&nsp.to_u32().to_le_bytes());
+        Key { db, kind: 2, id }
+    };
+    // the tables of the plan: a schema tenant's session that names its
+    // tables with their schema under another search_path is still counted
+    if let Some(query) = query {
+        let rtable = (*(*query).plannedstmt).rtable;
+        if !rtable.is_null() {
+            for i in 0..(*rtable).length as usize {
+                let rte = (*(*rtable).elements.add(i)).ptr_value as *mut pg_sys::RangeTblEntry;
+                if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
+                    let nsp = namespace_of((*rte).relid);
+                    if nsp != pg_sys::InvalidOid && tenant_schema(nsp) {
+                        return Some(schema_key(nsp));
+                    }
+                }
+            }
+        }
+    }
     let mut path = [pg_sys::InvalidOid; 4];
-    let n = unsafe { pg_sys::fetch_search_path_array(path.as_mut_ptr(), path.len() as i32) };
+    let n = pg_sys::fetch_search_path_array(path.as_mut_ptr(), path.len() as i32);
     let first = *path
         .iter()
         .take(n.max(0) as usize)
         .find(|oid| oid.to_u32() != pg_sys::PG_CATALOG_NAMESPACE)?;
-    if !tenant_schema(first) {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    id[..4].copy_from_slice(&first.to_u32().to_le_bytes());
-    Some(Key { db, kind: 2, id })
+    tenant_schema(first).then(|| schema_key(first))
 }
 
 thread_local! {
@@ -373,26 +440,55 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::new());
     static OWNER_ROLE: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
     static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The last schema and relation looked up, before the map and the syscache.
+    static LAST_SCHEMA: std::cell::Cell<(pg_sys::Oid, bool)> =
+        const { std::cell::Cell::new((pg_sys::InvalidOid, false)) };
+    static LAST_RELATION: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid)> =
+        const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
+}
+
+/// The schema of a relation, remembered for the last one asked (a session
+/// mostly reads the same tables again; this runs for every statement).
+fn namespace_of(relid: pg_sys::Oid) -> pg_sys::Oid {
+    register_callbacks();
+    let (last, nsp) = LAST_RELATION.with(|l| l.get());
+    if last == relid && last != pg_sys::InvalidOid {
+        return nsp;
+    }
+    let nsp = unsafe { pg_sys::get_rel_namespace(relid) };
+    LAST_RELATION.with(|l| l.set((relid, nsp)));
+    nsp
+}
+
+fn register_callbacks() {
+    if CALLBACK.with(|c| c.replace(true)) {
+        return;
+    }
+    unsafe {
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
+            Some(forget_schemas),
+            pg_sys::Datum::from(0),
+        );
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::AUTHOID as i32,
+            Some(forget_schemas),
+            pg_sys::Datum::from(0),
+        );
+        pg_sys::CacheRegisterRelcacheCallback(Some(forget_relation), pg_sys::Datum::from(0));
+    }
 }
 
 fn tenant_schema(nsp: pg_sys::Oid) -> bool {
-    if let Some(known) = SCHEMA_IS_TENANT.with(|m| m.borrow().get(&nsp.to_u32()).copied()) {
+    let (last, known) = LAST_SCHEMA.with(|l| l.get());
+    if last == nsp && last != pg_sys::InvalidOid {
         return known;
     }
-    if !CALLBACK.with(|c| c.replace(true)) {
-        unsafe {
-            pg_sys::CacheRegisterSyscacheCallback(
-                pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
-                Some(forget_schemas),
-                pg_sys::Datum::from(0),
-            );
-            pg_sys::CacheRegisterSyscacheCallback(
-                pg_sys::SysCacheIdentifier::AUTHOID as i32,
-                Some(forget_schemas),
-                pg_sys::Datum::from(0),
-            );
-        }
+    if let Some(known) = SCHEMA_IS_TENANT.with(|m| m.borrow().get(&nsp.to_u32()).copied()) {
+        LAST_SCHEMA.with(|l| l.set((nsp, known)));
+        return known;
     }
+    register_callbacks();
     let owner = OWNER_ROLE.with(|o| match o.get() {
         Some(oid) => oid,
         None => {
@@ -410,6 +506,7 @@ fn tenant_schema(nsp: pg_sys::Oid) -> bool {
         }
         m.insert(nsp.to_u32(), is_tenant);
     });
+    LAST_SCHEMA.with(|l| l.set((nsp, is_tenant)));
     is_tenant
 }
 
@@ -426,7 +523,13 @@ fn owns(nsp: pg_sys::Oid, role: pg_sys::Oid) -> bool {
 #[pg_guard]
 unsafe extern "C-unwind" fn forget_schemas(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
     SCHEMA_IS_TENANT.with(|m| m.borrow_mut().clear());
+    LAST_SCHEMA.with(|l| l.set((pg_sys::InvalidOid, false)));
     OWNER_ROLE.with(|o| o.set(None));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_relation(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    LAST_RELATION.with(|l| l.set((pg_sys::InvalidOid, pg_sys::InvalidOid)));
 }
 
 fn uuid_of(text: &[u8]) -> Result<[u8; 16], ()> {

@@ -56,10 +56,11 @@ def test_statements_time_and_rows_per_tenant(db, fresh_db, login, tenants):
         # set_tenant of a schema tenant: both ways lead to the same tenant
         c.execute("SELECT tenancy.set_tenant('act_s', false)")
         assert len(c.execute("SELECT * FROM users").fetchall()) == 3
-    # the statement that set a tenant counts for it (its context at its end)
-    expect = (3 + 1 + 1, 3 + 3 + 1 + 1 + 3)
+    # a statement counts for the context it starts in: set_tenant for the
+    # tenant before it (none, or act_r when act_s is set); the failed INSERT not at all
+    expect = (3 + 1, 3 + 3 + 1 + 3)
     assert activity(db, "act_s", expect) == expect
-    expect = (5 * 2 + 2, 5 * (1 + 2) + 1 + 10)
+    expect = (5 + 1 + 1, 5 * 2 + 10 + 1)
     assert activity(db, "act_r", expect) == expect
     assert activity(db, "act_q") == (0, 0)
     row = db.execute("SELECT period_end - period_start, total_ms > 0, max_ms <= total_ms, period_start <= now() "
@@ -67,7 +68,7 @@ def test_statements_time_and_rows_per_tenant(db, fresh_db, login, tenants):
     assert row == (db.execute("SELECT interval '1 hour'").fetchone()[0], True, True, True)
     # health(tenant) and stats show it
     h = db.execute("SELECT tenancy.health('act_r')->'activity'").fetchone()[0]
-    assert [p["statements"] for p in h] == [12]
+    assert [p["statements"] for p in h] == [7]
     busiest = db.execute("SELECT busiest_tenants FROM tenancy.stats").fetchone()[0]
     assert {b["slug"] for b in busiest} == {"act_s", "act_r"}
 
@@ -84,6 +85,42 @@ def test_a_function_and_its_statements_count_once_errors_included(db, fresh_db, 
             c.execute("SELECT public.fails()")  # failed: not counted, and nothing stays nested
         c.execute("SELECT public.three_statements()")
     assert activity(db, "act_s", (2, 2)) == (2, 2)
+
+
+def test_what_planning_runs_and_explain_are_not_statements(db, fresh_db, login, tenants):
+    with connect(fresh_db, user=login, autocommit=True) as c:
+        # the shared table's policy looks the tenant up, also while planning
+        c.execute("SELECT tenancy.set_tenant('act_r', false)")
+        for _ in range(3):
+            c.execute("SELECT * FROM shared_default.users WHERE tenant_id = tenancy.current_tenant_id()")
+        c.execute("EXPLAIN SELECT * FROM shared_default.items")
+        c.execute("PREPARE q AS SELECT count(*) FROM shared_default.users")
+        c.execute("EXECUTE q")
+        # a schema tenant's tables named with their schema, from outside its
+        # context, still count for it
+        c.execute("SELECT tenancy.set_tenant(NULL, false)")
+        c.execute("SET search_path = public")
+        c.execute("SELECT * FROM tenant_act_s.users, tenant_act_s.items")
+        # and a context dropped inside the statement does not move it
+        c.execute("SELECT tenancy.set_tenant('act_r', false)")
+        c.execute("WITH u AS MATERIALIZED (SELECT count(*) AS n FROM shared_default.users) "
+                  "SELECT n, tenancy.set_tenant(NULL, false) FROM u")
+    # act_r: the three selects, EXECUTE, the set_tenant(NULL) run as act_r, the last select
+    assert activity(db, "act_r", (6, 3)) == (6, 3)
+    assert activity(db, "act_s", (1, 0)) == (1, 0)
+
+
+def test_a_table_moved_to_another_tenant_counts_for_it(db, fresh_db, tenants):
+    # the session remembers the schema of the last table it read; moving the
+    # table makes it look again
+    db.execute("CREATE TABLE tenant_act_s.notes (id int)")
+    with connect(fresh_db, autocommit=True, options="-c search_path=public") as c:
+        c.execute("SELECT * FROM tenant_act_s.notes")
+        db.execute("ALTER TABLE tenant_act_s.notes SET SCHEMA tenant_act_q")
+        c.execute("SELECT * FROM tenant_act_q.notes")
+        c.execute("SELECT * FROM tenant_act_q.notes")
+    assert activity(db, "act_s", (1, 0)) == (1, 0)
+    assert activity(db, "act_q", (2, 0)) == (2, 0)
 
 
 def test_periods_roll_and_tracking_is_the_superusers_switch(db, fresh_db, login, tenants):
