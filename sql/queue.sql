@@ -46,16 +46,19 @@ BEGIN
                         AND i.next_attempt_at <= now_ts)
         ORDER BY bt.created_at
     LOOP
-        -- The batch starts before any of its items is claimed: this write
-        -- gives the starting transaction its id before any item's
-        -- transaction gets one (a concurrent claimer waits on the batch row
-        -- with a later id), so batch_started comes before the items' events
-        -- in events_since's order.
+        -- The batch starts before any of its items is claimed, so that
+        -- batch_started comes before the items' events in events_since's
+        -- order (by transaction id). A concurrent claimer whose UPDATE lost
+        -- the race took its transaction id as the UPDATE began, maybe before
+        -- the winner: it claims nothing now, and its next transaction (a
+        -- later id) does.
         IF b.status = 'queued' THEN
             UPDATE tenancy.batches SET status = 'in_progress', started_at = clock_timestamp()
             WHERE id = b.id AND status = 'queued';
             IF FOUND THEN
                 PERFORM tenancy._event_write('batch_started', NULL, NULL, b.id, jsonb_build_object('kind', b.kind));
+            ELSIF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+                RETURN;
             END IF;
         END IF;
         -- at most max_concurrent sessions work on one batch at a time: each
