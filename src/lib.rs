@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod activity;
 mod api;
 mod catalog;
+mod citus;
 mod error;
 mod events;
 mod guc_scope;

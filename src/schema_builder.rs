@@ -43,6 +43,18 @@ pub fn check_prerequisites(template: &Template) -> Option<String> {
     if template.spec.timescale_tables.is_empty() {
         return None;
     }
+    if crate::citus::installed() {
+        // the two extensions do not work in one database
+        raise_with(
+            sqlstate("0A000"),
+            format!(
+                "template {:?} has timescale_tables, and Citus is installed in this database",
+                template.name
+            ),
+            Some("TimescaleDB and Citus cannot be used in the same database.".into()),
+            Some("Use a template without timescale_tables here (partitioned_tables keeps time partitions without TimescaleDB).".into()),
+        )
+    }
     match extension_schema("timescaledb") {
         Some(schema) => Some(schema),
         None => raise(TenancyError::MissingExtension {
@@ -56,6 +68,11 @@ pub fn check_prerequisites(template: &Template) -> Option<String> {
 /// statement, run with the extension's rights (the owner role may not
 /// create schemas in the database).
 pub fn create_owned_schema(schema: &str) {
+    // on Citus a regular schema, distributed once it has its tables
+    crate::citus::regular_schema(|| create_schema(schema))
+}
+
+fn create_schema(schema: &str) {
     if crate::roles::legacy_catalog() {
         Spi::run(&format!("CREATE SCHEMA {}", quote_ident(schema))).or_raise();
         return;
@@ -78,6 +95,7 @@ pub fn build_schema(
     timescale_schema: Option<&str>,
     role: Option<&str>,
 ) {
+    crate::citus::ensure_owner_reaches_workers();
     create_owned_schema(schema);
     if let Some(role) = role {
         crate::roles::setup_tenant_role(schema, role, false, false);
@@ -123,6 +141,7 @@ pub fn build_schema(
             .or_raise();
         }
     });
+    crate::citus::distribute_schema(schema);
 }
 
 /// Creates the template's shared schema and tables, with RLS on every table

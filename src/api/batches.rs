@@ -15,6 +15,7 @@ use tenancy_core::TenancyError;
 
 #[pg_extern]
 fn provision_batch(tenants: JsonB, options: default!(Option<JsonB>, "'{}'")) -> Uuid {
+    crate::citus::ensure_coordinator("tenancy.provision_batch");
     let opts = parse_batch_options(
         options.as_ref().map(|j| &j.0),
         gucs::RETRY_ATTEMPTS.get(),
@@ -111,6 +112,7 @@ pub fn queue_tenant_batch(
     action: &str,
     mut details: serde_json::Value,
 ) -> Uuid {
+    crate::citus::ensure_coordinator(action);
     options["max_concurrent"] = json!(max_concurrent);
     let (ids, slugs): (Vec<Uuid>, Vec<String>) = tenants.into_iter().unzip();
     let (batch, n) = Spi::connect_mut(|c| {

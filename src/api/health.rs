@@ -35,6 +35,14 @@ fn worker_state() -> JsonB {
 /// The cluster view: worker, queue, pool and tenants by status.
 #[pg_extern]
 fn health() -> JsonB {
+    if crate::citus::on_worker_node() {
+        // nothing is kept here: the coordinator's health() tells
+        return JsonB(json!({
+            "status": "ok",
+            "citus": {"node": "worker"},
+            "worker": {"idle": "a Citus worker node: the background worker runs no pass here; tenants are made and kept from the coordinator"},
+        }));
+    }
     let worker = worker_state().0;
     let queue = query_json(
         "SELECT jsonb_build_object(\

@@ -62,12 +62,15 @@ pub fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
             steps.push((context, sql));
         }
     }
+    crate::citus::ensure_owner_reaches_workers();
     // as the owner role (src/roles.rs): a trigger in the tenant's schema
     // that the migration fires gets no more than that role's rights
     crate::roles::as_owner(&crate::roles::owner_search_path(&schema), None, || {
         for (context, sql) in &steps {
             run_statement(context, sql);
         }
+        // a table the migration added, made a tenant table on Citus
+        crate::citus::distribute_new_tables(&schema);
     });
     // objects the migration made are the tenant role's already: the schema
     // has default privileges for it (see roles::setup_tenant_role)

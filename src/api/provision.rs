@@ -49,6 +49,7 @@ pub fn provision_from(
     options: &ProvisionOptions,
     started: Instant,
 ) -> Uuid {
+    crate::citus::ensure_coordinator("making a tenant");
     let timescale_schema = check_prerequisites(template);
     let schema = template.spec.schema_name(slug);
     // the tenant's own role, of this database only (src/roles.rs): NOLOGIN,

@@ -138,7 +138,15 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         // DROP EXTENSION: stop here, and let the launcher know not to restart us
-        let check = || (extension_installed(), being_restored());
+        // a Citus worker node: tenants are kept from the coordinator (its
+        // catalog here is an empty copy), so no pass runs here
+        let check = || {
+            let installed = extension_installed();
+            (
+                installed,
+                installed && (being_restored() || crate::citus::on_worker_node()),
+            )
+        };
         match super::try_transaction("extension check", check) {
             Some((false, _)) => {
                 publish(db, shmem::Extension::Absent, 0);

@@ -1,0 +1,227 @@
+"""Tenant schemas on a real Citus cluster: a coordinator and two workers,
+started here in temporary directories (the extension preloaded beside Citus
+on each), skipped where Citus is not installed. Citus is in no Debian suite:
+it is built by hand from its public source (README, "Citus")."""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import types
+import uuid
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from conftest import PG_BIN, batch_of, free_port, skip_without, wait_for
+
+DB = "app"
+
+
+def citus_installed():
+    libdir = subprocess.run([f"{PG_BIN}/pg_config", "--pkglibdir"], capture_output=True, text=True).stdout.strip()
+    return os.path.exists(os.path.join(libdir, "citus.so"))
+
+
+def as_postgres(*argv):
+    prefix = ["sudo", "-u", "postgres"] if os.geteuid() == 0 else []
+    subprocess.run([*prefix, *argv], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def citus():
+    """The cluster: cluster.connect(node, user=...) with node 0 the
+    coordinator; cluster.ports; cluster.admin, a tenancy_admin member that
+    is no superuser; cluster.owner, the owner role (given LOGIN, as the
+    README says a superuser does on Citus)."""
+    if not citus_installed():
+        skip_without("citus", "Citus is not installed (built from its source; see README, Citus)")
+    base = tempfile.mkdtemp(prefix="tenancy-citus-")
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    ports = [free_port() for _ in range(3)]
+    dirs = [os.path.join(base, f"node{i}") for i in range(3)]
+
+    def connect(node=0, user="postgres", dbname=DB, **kw):
+        return psycopg.connect(host=base, port=ports[node], user=user, dbname=dbname, autocommit=True, **kw)
+
+    started = []
+    try:
+        for d, port in zip(dirs, ports):
+            as_postgres(f"{PG_BIN}/initdb", "-D", d, "-A", "trust", "-U", "postgres")
+            with open(os.path.join(d, "postgresql.conf"), "a") as f:
+                f.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{base}'\n"
+                        "shared_preload_libraries = 'citus,tenancy'\nfsync = off\nmax_worker_processes = 32\n"
+                        "citus.enable_schema_based_sharding = on\ntenancy.naptime = 200\n")
+            as_postgres(f"{PG_BIN}/pg_ctl", "-D", d, "-l", os.path.join(d, "log"), "-w", "start")
+            started.append(d)
+        for node in range(3):
+            with connect(node, dbname="postgres") as c:
+                c.execute(f"CREATE DATABASE {DB}")
+            with connect(node) as c:
+                c.execute("CREATE EXTENSION citus")
+        with connect() as c:
+            c.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (ports[0],))
+            for p in ports[1:]:
+                c.execute("SELECT citus_add_node('127.0.0.1', %s)", (p,))
+            c.execute("CREATE EXTENSION tenancy")  # Citus creates it on the workers too
+            oid = c.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+            owner, admin = f"tenancy_owner_{oid}", "boss_" + uuid.uuid4().hex[:6]
+            c.execute(f'ALTER ROLE "{owner}" LOGIN')
+            c.execute(f'CREATE ROLE "{admin}" LOGIN')  # Citus creates it on the workers
+            c.execute(f'GRANT "tenancy_admin_{oid}" TO "{admin}"')
+        yield types.SimpleNamespace(connect=connect, ports=ports, admin=admin, owner=owner, base=base)
+    finally:
+        for d in started:
+            subprocess.run(["sudo", "-u", "postgres", f"{PG_BIN}/pg_ctl", "-D", d, "-m", "immediate", "stop"]
+                           if os.geteuid() == 0 else [f"{PG_BIN}/pg_ctl", "-D", d, "-m", "immediate", "stop"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def placement(c, schema):
+    """{table: node port} of a tenant schema's tables, and their colocation ids."""
+    rows = c.execute("""SELECT s.table_name::text, s.nodeport, t.colocation_id, t.citus_table_type
+                        FROM citus_shards s JOIN citus_tables t USING (table_name)
+                        WHERE s.table_name::text LIKE %s || '.%%' ORDER BY 1""", (schema,)).fetchall()
+    return rows
+
+
+def login_of(citus, slug):
+    """A login of the tenant (a member of its role), made on the coordinator."""
+    name = f"u_{slug}_" + uuid.uuid4().hex[:4]
+    with citus.connect() as c:
+        role = c.execute("SELECT role_name FROM tenancy.tenants WHERE slug = %s", (slug,)).fetchone()[0]
+        c.execute(f'CREATE ROLE "{name}" LOGIN')
+        c.execute(f'GRANT "{role}" TO "{name}"')
+    return name
+
+
+def test_tenant_schemas_are_distributed_over_the_workers(citus):
+    with citus.connect(user=citus.admin) as a:
+        for slug in ("acme", "bravo", "carol", "delta"):
+            a.execute("SELECT tenancy.provision(%s)", (slug,))
+    with citus.connect() as c:
+        nodes = set()
+        for slug in ("acme", "bravo", "carol", "delta"):
+            rows = placement(c, f"tenant_{slug}")
+            tables = c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (f"tenant_{slug}",)).fetchone()[0]
+            # every table of the schema a single-shard table of the schema, one
+            # colocation group and one node per tenant
+            assert len(rows) == tables == 3, rows
+            assert {r[3] for r in rows} == {"schema"}
+            assert len({r[2] for r in rows}) == 1 and len({r[1] for r in rows}) == 1
+            nodes |= {r[1] for r in rows}
+        assert nodes == set(citus.ports[1:]), "the tenants are not spread over both workers"
+        schemas = {r[0] for r in c.execute("SELECT schema_name::text FROM citus_schemas")}
+        assert {"tenant_acme", "tenant_bravo", "tenant_carol", "tenant_delta"} <= schemas
+        assert c.execute("SELECT tenancy.health('acme')->'missing'").fetchone()[0] == []
+
+    # the tenant's own login, through the coordinator: its rows, keys and
+    # foreign keys enforced on the worker; another tenant's schema refused
+    alice = login_of(citus, "acme")
+    with citus.connect(user=alice) as t:
+        uid = t.execute("INSERT INTO tenant_acme.users (email) VALUES ('a@acme.example') RETURNING id").fetchone()[0]
+        t.execute("INSERT INTO tenant_acme.audit_events (user_id, action) VALUES (%s, 'login')", (uid,))
+        with pytest.raises(errors.ForeignKeyViolation):
+            t.execute("INSERT INTO tenant_acme.audit_events (user_id, action) VALUES (gen_random_uuid(), 'x')")
+        assert t.execute("SELECT count(*) FROM tenant_acme.users").fetchone()[0] == 1
+        with pytest.raises(errors.InsufficientPrivilege):
+            t.execute("SELECT count(*) FROM tenant_bravo.users")
+
+
+def test_a_batch_and_a_migration_through_the_worker(citus):
+    with citus.connect(user=citus.admin) as a:
+        a.execute("""SELECT tenancy.register_template('notes', '{"tables": [
+                     "CREATE TABLE notes (id int PRIMARY KEY, body text)"]}')""")
+        batch = a.execute("SELECT tenancy.provision_batch(%s)", (batch_of("n", 3, template="notes"),)).fetchone()[0]
+        assert a.execute("SELECT tenancy.wait_batch(%s, '120 s')", (batch,)).fetchone()[0] == "completed"
+        v2 = {"tables": ["CREATE TABLE notes (id int PRIMARY KEY, body text, pinned bool)",
+                         "CREATE TABLE files (id int PRIMARY KEY, note_id int REFERENCES notes (id))"],
+              "migrations": ["ALTER TABLE notes ADD COLUMN pinned bool",
+                             "CREATE TABLE files (id int PRIMARY KEY, note_id int REFERENCES notes (id))"]}
+        assert a.execute("SELECT tenancy.register_template('notes', %s)", (json.dumps(v2),)).fetchone()[0] == 2
+        run = a.execute("SELECT tenancy.migrate('notes', 2)").fetchone()[0]
+        assert a.execute("SELECT tenancy.wait_batch(%s, '120 s')", (run,)).fetchone()[0] == "completed"
+    with citus.connect() as c:
+        for slug in ("n1", "n2", "n3"):
+            rows = placement(c, f"tenant_{slug}")
+            # the migration's new table is a tenant table, beside the others
+            assert [r[0] for r in rows] == [f"tenant_{slug}.files", f"tenant_{slug}.notes"]
+            assert len({r[2] for r in rows}) == 1 and len({r[1] for r in rows}) == 1
+            c.execute(f"INSERT INTO tenant_{slug}.notes VALUES (1, 'x', true)")
+            c.execute(f"INSERT INTO tenant_{slug}.files VALUES (1, 1)")
+            assert c.execute("SELECT tenancy.health(%s)->'missing'", (slug,)).fetchone()[0] == []
+
+
+def test_suspend_resume_and_drop(citus):
+    with citus.connect(user=citus.admin) as a:
+        a.execute("SELECT tenancy.provision('echo')")
+    bob = login_of(citus, "echo")
+    with citus.connect(user=citus.admin) as a:
+        a.execute("SELECT tenancy.suspend('echo')")
+        with citus.connect(user=bob) as t, pytest.raises(errors.InsufficientPrivilege):
+            t.execute("SELECT count(*) FROM tenant_echo.users")
+        a.execute("SELECT tenancy.resume('echo')")
+        with citus.connect(user=bob) as t:
+            assert t.execute("SELECT count(*) FROM tenant_echo.users").fetchone()[0] == 0
+        a.execute("SELECT tenancy.drop_tenant('echo')")
+    with citus.connect() as c:
+        def gone():
+            c.execute("SELECT tenancy.process_queue()")
+            return c.execute("""SELECT count(*) FROM citus_tables WHERE table_name::text LIKE 'tenancy_trash%%'
+                                   OR table_name::text LIKE 'tenant_echo.%%'""").fetchone()[0] == 0
+        wait_for(gone, timeout=60, what="the dropped tenant's shards to be gone")
+        for port in citus.ports[1:]:
+            with psycopg.connect(host=citus.base, port=port, user="postgres", dbname=DB) as w:
+                assert w.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant_echo%'").fetchone()[0] == 0
+
+
+def test_a_pooled_schema_is_placed_before_it_is_claimed(citus):
+    with citus.connect(user=citus.admin) as a:
+        a.execute("SELECT tenancy.set_pool_size('default', 1)")
+        wait_for(lambda: a.execute("SELECT ready FROM tenancy.pool_status WHERE template = 'default'").fetchone()[0] == 1,
+                 timeout=60, what="a pooled schema")
+        a.execute("SELECT tenancy.provision('foxtrot')")
+        assert a.execute("SELECT details->>'from_pool' FROM tenancy.audit_log WHERE tenant_slug = 'foxtrot' "
+                         "AND action = 'provision'").fetchone()[0] == "true"
+        a.execute("SELECT tenancy.set_pool_size('default', 0)")
+    with citus.connect() as c:
+        rows = placement(c, "tenant_foxtrot")
+        assert len(rows) == 3 and len({r[2] for r in rows}) == 1
+        assert c.execute("SELECT count(*) FROM citus_schemas WHERE schema_name::text = 'tenant_foxtrot'").fetchone()[0] == 1
+
+
+def test_worker_nodes_keep_nothing(citus):
+    with citus.connect(1) as w:
+        assert w.execute("SELECT tenancy.health()->'citus'->>'node'").fetchone()[0] == "worker"
+        with pytest.raises(errors.FeatureNotSupported, match="coordinator"):
+            w.execute("SELECT tenancy.provision('on_a_worker')")
+        # the worker node's copy of the extension runs no periodic job
+        assert w.execute("SELECT count(*) FROM tenancy.jobs WHERE last_finished_at IS NOT NULL").fetchone()[0] == 0
+
+
+def test_what_citus_cannot_do_is_refused_at_the_call(citus):
+    with citus.connect(user=citus.admin) as a:
+        # TimescaleDB and Citus do not go in one database
+        a.execute("""SELECT tenancy.register_template('metrics', '{"tables": ["CREATE TABLE m (t timestamptz NOT NULL, v int)"],
+                     "timescale_tables": [{"name": "m", "time_column": "t"}]}')""")
+        with pytest.raises(errors.FeatureNotSupported, match="Citus"):
+            a.execute("SELECT tenancy.provision('golf', NULL, 'metrics')")
+        # rows written by a template are not distributed with the extension's rights
+        a.execute("""SELECT tenancy.register_template('seeded', '{"tables": ["CREATE TABLE s (id int)",
+                     "INSERT INTO s VALUES (1)"]}')""")
+        with pytest.raises(errors.FeatureNotSupported, match="may not write rows"):
+            a.execute("SELECT tenancy.provision('hotel', NULL, 'seeded')")
+        assert a.execute("SELECT count(*) FROM tenancy.tenants WHERE slug IN ('golf', 'hotel')").fetchone()[0] == 0
+    # the owner role must reach the workers
+    with citus.connect() as c:
+        c.execute(f'ALTER ROLE "{citus.owner}" NOLOGIN')
+        try:
+            with citus.connect(user=citus.admin) as a, pytest.raises(errors.ObjectNotInPrerequisiteState,
+                                                                      match="must be able to log in"):
+                a.execute("SELECT tenancy.provision('india')")
+        finally:
+            c.execute(f'ALTER ROLE "{citus.owner}" LOGIN')
