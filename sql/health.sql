@@ -36,6 +36,31 @@ AS $$
         WHERE e.extname = 'timescaledb' AND n.nspname = 'timescaledb_information')
 $$;
 
+-- Where a tenant schema is on Citus: {"node": "host:port", "colocation_id"},
+-- or NULL when Citus is not installed or the schema is not distributed.
+CREATE FUNCTION tenancy._citus_placement(schema_name text) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    placed jsonb;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN NULL;
+    END IF;
+    -- Citus's relations exist only with it: a query parsed when it runs
+    -- (those of pg_catalog, not citus_tables in public)
+    EXECUTE $q$
+        SELECT jsonb_build_object('node', s.nodename || ':' || s.nodeport, 'colocation_id', p.colocationid)
+        FROM citus_shards s JOIN pg_dist_partition p ON p.logicalrelid = s.table_name
+        JOIN pg_class c ON c.oid = s.table_name::oid
+        WHERE c.relnamespace = to_regnamespace(quote_ident($1))
+        ORDER BY s.shardid LIMIT 1
+    $q$ INTO placed USING schema_name;
+    RETURN placed;
+END
+$$;
+
 CREATE FUNCTION tenancy.health(tenant text) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -154,6 +179,9 @@ BEGIN
         'hypertables', hypertables,
         'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
         'writes_refused_since', t.over_quota_since, 'activity', tenancy._activity_of(t.id))
+        -- on Citus: the node that holds it
+        || coalesce((SELECT jsonb_build_object('citus', p) FROM tenancy._citus_placement(schema_now) p
+                     WHERE p IS NOT NULL), '{}')
         || tenancy._tenant_score(jsonb_build_object(
                'over_quota_since', t.over_quota_since::text,
                'status', t.status, 'template', t.template, 'template_version', t.template_version,

@@ -115,6 +115,23 @@ BEGIN
         $q$;
     END IF;
 
+    -- on Citus a tenant schema's tables are empty shells here and its rows
+    -- are in shards on a worker: their size counts (quotas included)
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        EXECUTE $q$
+            UPDATE pg_temp.tenancy_metrics_now m
+            SET total_bytes = m.total_bytes + x.bytes
+            FROM (SELECT t.id, sum(s.shard_size)::bigint AS bytes
+                  FROM tenancy.tenants t
+                  JOIN pg_namespace n ON n.nspname = t.schema_name
+                  JOIN pg_class c ON c.relnamespace = n.oid
+                  JOIN pg_catalog.citus_shards s ON s.table_name = c.oid::regclass
+                  WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
+                  GROUP BY t.id) x
+            WHERE m.tenant_id = x.id AND m.isolation = 'schema'
+        $q$;
+    END IF;
+
     -- shared tenants: zero rows first, then each shared table's share
     INSERT INTO tenancy_metrics_now
     SELECT t.id, 'shared', 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL

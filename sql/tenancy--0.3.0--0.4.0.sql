@@ -1192,6 +1192,29 @@ AS $$
         WHERE e.extname = 'timescaledb' AND n.nspname = 'timescaledb_information')
 $$;
 
+CREATE OR REPLACE FUNCTION tenancy._citus_placement(schema_name text) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    placed jsonb;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN NULL;
+    END IF;
+    -- Citus's relations exist only with it: a query parsed when it runs
+    -- (those of pg_catalog, not citus_tables in public)
+    EXECUTE $q$
+        SELECT jsonb_build_object('node', s.nodename || ':' || s.nodeport, 'colocation_id', p.colocationid)
+        FROM citus_shards s JOIN pg_dist_partition p ON p.logicalrelid = s.table_name
+        JOIN pg_class c ON c.oid = s.table_name::oid
+        WHERE c.relnamespace = to_regnamespace(quote_ident($1))
+        ORDER BY s.shardid LIMIT 1
+    $q$ INTO placed USING schema_name;
+    RETURN placed;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION tenancy.health(tenant text) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1310,6 +1333,9 @@ BEGIN
         'hypertables', hypertables,
         'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
         'writes_refused_since', t.over_quota_since, 'activity', tenancy._activity_of(t.id))
+        -- on Citus: the node that holds it
+        || coalesce((SELECT jsonb_build_object('citus', p) FROM tenancy._citus_placement(schema_now) p
+                     WHERE p IS NOT NULL), '{}')
         || tenancy._tenant_score(jsonb_build_object(
                'over_quota_since', t.over_quota_since::text,
                'status', t.status, 'template', t.template, 'template_version', t.template_version,
@@ -1370,6 +1396,14 @@ CREATE OR REPLACE FUNCTION "import_begin"(
 STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'import_begin_wrapper';
+
+CREATE OR REPLACE FUNCTION "move_tenant_node"(
+	"tenant" TEXT, /* & str */
+	"node" TEXT /* & str */
+) RETURNS TEXT /* String */
+STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'move_tenant_node_wrapper';
 
 CREATE OR REPLACE FUNCTION "move_tenants"(
 	"tenants" TEXT[], /* Vec < Option < String > > */
@@ -2022,6 +2056,23 @@ BEGIN
                   JOIN timescaledb_information.chunks ch ON ch.hypertable_schema = t.schema_name
                   JOIN pg_namespace cn ON cn.nspname = ch.chunk_schema
                   JOIN pg_class c ON c.relnamespace = cn.oid AND c.relname = ch.chunk_name
+                  WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
+                  GROUP BY t.id) x
+            WHERE m.tenant_id = x.id AND m.isolation = 'schema'
+        $q$;
+    END IF;
+
+    -- on Citus a tenant schema's tables are empty shells here and its rows
+    -- are in shards on a worker: their size counts (quotas included)
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        EXECUTE $q$
+            UPDATE pg_temp.tenancy_metrics_now m
+            SET total_bytes = m.total_bytes + x.bytes
+            FROM (SELECT t.id, sum(s.shard_size)::bigint AS bytes
+                  FROM tenancy.tenants t
+                  JOIN pg_namespace n ON n.nspname = t.schema_name
+                  JOIN pg_class c ON c.relnamespace = n.oid
+                  JOIN pg_catalog.citus_shards s ON s.table_name = c.oid::regclass
                   WHERE t.isolation = 'schema' AND t.status IN ('active', 'suspended')
                   GROUP BY t.id) x
             WHERE m.tenant_id = x.id AND m.isolation = 'schema'

@@ -33,6 +33,27 @@ pub fn on_worker_node() -> bool {
             .unwrap_or(true)
 }
 
+/// What `health()` shows on the coordinator: the worker nodes and how many
+/// tenant schemas each holds; `None` without Citus.
+pub fn state() -> Option<serde_json::Value> {
+    if !installed() {
+        return None;
+    }
+    let _scope = quiet_scope();
+    let state = Spi::get_one::<pgrx::JsonB>(
+        "SELECT jsonb_build_object('node', 'coordinator', \
+           'worker_nodes', (SELECT count(*) FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0 AND isactive), \
+           'tenant_schemas_per_node', (SELECT coalesce(jsonb_object_agg(node, n), '{}') FROM \
+               (SELECT s.nodename || ':' || s.nodeport AS node, count(DISTINCT c.relnamespace) AS n \
+                FROM citus_shards s JOIN pg_class c ON c.oid = s.table_name::oid \
+                JOIN pg_namespace ns ON ns.oid = c.relnamespace \
+                JOIN tenancy.tenants t ON t.schema_name = ns.nspname \
+                WHERE t.status IN ('active', 'suspended') GROUP BY 1) x))",
+    )
+    .or_raise();
+    state.map(|j| j.0)
+}
+
 /// Fails with 0A000 on a Citus worker node: what changes tenants runs on the
 /// coordinator, which Citus propagates to the workers.
 pub fn ensure_coordinator(what: &str) {
@@ -178,4 +199,96 @@ fn quiet_scope() -> GucScope {
     scope.set("search_path", "pg_catalog, pg_temp");
     scope.set("client_min_messages", "warning");
     scope
+}
+
+/// Moves a schema tenant's shards to another Citus node (`host:port`, as
+/// `pg_dist_node` names it) with `citus_schema_move`, writes blocked on the
+/// tenant's tables while its rows are copied; returns the node it is on.
+/// A tenant already there stays (no copy).
+#[pg_extern]
+fn move_tenant_node(tenant: &str, node: &str) -> String {
+    let started = std::time::Instant::now();
+    if !installed() {
+        raise_with(
+            sqlstate("0A000"),
+            "move_tenant_node needs Citus, which is not installed in this database".into(),
+            None,
+            None,
+        )
+    }
+    ensure_coordinator("tenancy.move_tenant_node");
+    let Some((host, port)) = node
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<i32>().ok()?)))
+        .filter(|(h, _)| !h.is_empty())
+    else {
+        raise_with(
+            sqlstate("22023"),
+            format!("node {node:?} is not host:port"),
+            None,
+            Some(
+                "Name a node as SELECT nodename || ':' || nodeport FROM pg_dist_node shows it."
+                    .into(),
+            ),
+        )
+    };
+    let t = crate::api::mobility::lock_tenant_row(tenant);
+    let schema = match (t.isolation.as_str(), t.status.as_str(), &t.schema_name) {
+        ("schema", "active" | "suspended", Some(schema)) => schema.clone(),
+        _ => raise_with(
+            sqlstate("55000"),
+            format!(
+                "tenant {:?} is {} with {} isolation: only an active or suspended schema tenant moves between nodes",
+                t.slug, t.status, t.isolation
+            ),
+            None,
+            None,
+        ),
+    };
+    let scope = quiet_scope();
+    let node_id = Spi::get_one_with_args::<i32>(
+        "SELECT nodeid FROM pg_dist_node WHERE nodename = $1 AND nodeport = $2 \
+           AND noderole = 'primary' AND isactive AND shouldhaveshards",
+        &[host.clone().into(), port.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        raise_with(
+            sqlstate("42704"),
+            format!("no Citus node {node} takes shards"),
+            None,
+            Some("SELECT nodename, nodeport FROM pg_dist_node WHERE shouldhaveshards lists those that do.".into()),
+        )
+    });
+    let from = Spi::get_one_with_args::<String>(
+        "SELECT tenancy._citus_placement($1)->>'node'",
+        &[schema.clone().into()],
+    )
+    .ok()
+    .flatten();
+    let to = format!("{host}:{port}");
+    if from.as_deref() != Some(to.as_str()) {
+        // as the owner role, which owns the schema (Citus wants its owner):
+        // the copy of the rows runs with the tenant's objects' rights only
+        crate::roles::as_owner("pg_catalog, pg_temp", None, || {
+            Spi::run_with_args(
+                "SELECT pg_catalog.citus_schema_move($1::regnamespace, $2, 'block_writes')",
+                &[
+                    tenancy_core::ident::quote_ident(&schema).into(),
+                    node_id.into(),
+                ],
+            )
+            .or_raise();
+        });
+        crate::catalog::audit(crate::catalog::AuditEntry {
+            action: "move_node",
+            tenant_id: Some(t.id),
+            tenant_slug: Some(&t.slug),
+            details: serde_json::json!({"from": from, "to": to}),
+            duration_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+        });
+    }
+    drop(scope);
+    to
 }

@@ -96,6 +96,18 @@ pub fn build_schema(
     role: Option<&str>,
 ) {
     crate::citus::ensure_owner_reaches_workers();
+    build_local_schema(template, schema, timescale_schema, role);
+    crate::citus::distribute_schema(schema);
+}
+
+/// As `build_schema`, left local on Citus: the reference `health(tenant)`
+/// builds and rolls back.
+pub fn build_local_schema(
+    template: &Template,
+    schema: &str,
+    timescale_schema: Option<&str>,
+    role: Option<&str>,
+) {
     create_owned_schema(schema);
     if let Some(role) = role {
         crate::roles::setup_tenant_role(schema, role, false, false);
@@ -141,7 +153,6 @@ pub fn build_schema(
             .or_raise();
         }
     });
-    crate::citus::distribute_schema(schema);
 }
 
 /// Creates the template's shared schema and tables, with RLS on every table

@@ -225,3 +225,56 @@ def test_what_citus_cannot_do_is_refused_at_the_call(citus):
                 a.execute("SELECT tenancy.provision('india')")
         finally:
             c.execute(f'ALTER ROLE "{citus.owner}" LOGIN')
+
+
+def test_a_tenant_moves_to_another_node_with_its_rows(citus):
+    with citus.connect() as c:  # the rows (an admin does not read tenants' schemas)
+        c.execute("SELECT tenancy.provision('juliet')")
+        c.execute("INSERT INTO tenant_juliet.users (email) SELECT 'u' || g || '@juliet.example' FROM generate_series(1, 500) g")
+    with citus.connect(user=citus.admin) as a, citus.connect() as c:
+        here = a.execute("SELECT tenancy.health('juliet')->'citus'->>'node'").fetchone()[0]
+        there = next(f"127.0.0.1:{p}" for p in citus.ports[1:] if f"127.0.0.1:{p}" != here)
+        assert a.execute("SELECT tenancy.move_tenant_node('juliet', %s)", (there,)).fetchone()[0] == there
+        assert a.execute("SELECT tenancy.health('juliet')->'citus'->>'node'").fetchone()[0] == there
+        assert c.execute("SELECT count(*) FROM tenant_juliet.users").fetchone()[0] == 500
+        assert a.execute("SELECT details FROM tenancy.audit_log WHERE tenant_slug = 'juliet' AND action = 'move_node'"
+                         ).fetchone()[0] == {"from": here, "to": there}
+        # to where it is: nothing copied, no audit entry
+        assert a.execute("SELECT tenancy.move_tenant_node('juliet', %s)", (there,)).fetchone()[0] == there
+        assert a.execute("SELECT count(*) FROM tenancy.audit_log WHERE tenant_slug = 'juliet' AND action = 'move_node'"
+                         ).fetchone()[0] == 1
+        with pytest.raises(errors.InvalidParameterValue):
+            a.execute("SELECT tenancy.move_tenant_node('juliet', 'nowhere')")
+        with pytest.raises(errors.UndefinedObject):
+            a.execute("SELECT tenancy.move_tenant_node('nobody_here', %s)", (there,))
+        with pytest.raises(errors.UndefinedObject):
+            a.execute("SELECT tenancy.move_tenant_node('juliet', '127.0.0.1:1')")
+    # the tenant's own login may not move it
+    with citus.connect(user=login_of(citus, "juliet")) as t, pytest.raises(errors.InsufficientPrivilege):
+        t.execute("SELECT tenancy.move_tenant_node('juliet', %s)", (here,))
+    with citus.connect() as c:
+        # every shard of the schema went, not some
+        rows = placement(c, "tenant_juliet")
+        assert {f"127.0.0.1:{r[1]}" for r in rows} == {there} and len(rows) == 3
+
+
+def test_sizes_and_placement_come_from_the_shards(citus):
+    with citus.connect() as c:
+        c.execute("SELECT tenancy.provision('kilo')")
+        c.execute("INSERT INTO tenant_kilo.users (email) SELECT 'u' || g || '@kilo.example' FROM generate_series(1, 5000) g")
+        c.execute("SELECT tenancy.refresh_metrics()")
+        size = c.execute("SELECT total_bytes FROM tenancy.latest_metrics WHERE slug = 'kilo'").fetchone()[0]
+        shards = c.execute("SELECT sum(shard_size) FROM citus_shards WHERE table_name::text LIKE 'tenant_kilo.%'").fetchone()[0]
+        assert size >= shards > 100_000, (size, shards)  # the rows are on a worker, the shells here are empty
+        health = c.execute("SELECT tenancy.health()->'citus'").fetchone()[0]
+        assert health["node"] == "coordinator" and health["worker_nodes"] == 2
+        assert sum(health["tenant_schemas_per_node"].values()) == c.execute(
+            "SELECT count(*) FROM tenancy.tenants WHERE status IN ('active', 'suspended') AND isolation = 'schema'").fetchone()[0]
+        # a quota is enforced on the shards' size
+        c.execute("SELECT tenancy.bulk_update('{kilo}', '{\"max_storage_bytes\": 10000}')")
+        c.execute("SELECT tenancy.refresh_metrics()")
+    kilo = login_of(citus, "kilo")
+    with citus.connect(user=kilo) as t:
+        with pytest.raises(errors.ConfigurationLimitExceeded):
+            t.execute("INSERT INTO tenant_kilo.users (email) VALUES ('one.more@kilo.example')")
+        assert t.execute("SELECT count(*) FROM tenant_kilo.users").fetchone()[0] == 5000

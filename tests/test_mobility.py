@@ -568,3 +568,14 @@ def test_export_and_import_between_clusters(db, fresh_db, second_cluster, tmp_pa
                             ("items", "id, owner_id, title, body, status, data, created_at, updated_at")):
             q = f"SELECT count(*), md5(string_agg(({cols})::text, ',' ORDER BY id)) FROM tenant_xc_sc.{table}"
             assert c2.execute(q).fetchone() == db.execute(q).fetchone()
+
+
+def test_move_tenant_node_needs_citus_and_the_admin(db, fresh_db, login):
+    db.execute("SELECT tenancy.provision('nodeless')")
+    grant_tenant(db, login, "nodeless")
+    # a tenant's login may not call it at all
+    with connect(fresh_db, user=login) as t, pytest.raises(errors.InsufficientPrivilege):
+        t.execute("SELECT tenancy.move_tenant_node('nodeless', '127.0.0.1:5432')")
+    # without Citus in the database, a clear 0A000 (tests/test_citus.py moves one for real)
+    with pytest.raises(errors.FeatureNotSupported, match="needs Citus"):
+        db.execute("SELECT tenancy.move_tenant_node('nodeless', '127.0.0.1:5432')")

@@ -134,7 +134,7 @@ fn health() -> JsonB {
     }
     let score = problems.value();
     let problems = problems.reasons();
-    JsonB(json!({
+    let mut health = json!({
         "status": if problems.is_empty() { "ok" } else { "degraded" },
         "score": score,
         "problems": problems,
@@ -150,7 +150,11 @@ fn health() -> JsonB {
         }),
         "timescaledb": timescaledb,
         "version": json!({"extension": installed, "library": library}),
-    }))
+    });
+    if let Some(citus) = crate::citus::state() {
+        health["citus"] = citus;
+    }
+    JsonB(health)
 }
 
 /// TimescaleDB beside us, when it is installed in this database: its version,
@@ -195,5 +199,5 @@ fn tenant_score_sql(findings: JsonB) -> JsonB {
 fn build_reference(template: &str, version: i32, schema: &str) {
     let t = crate::catalog::template_version(template, Some(version));
     let ts = crate::schema_builder::check_prerequisites(&t);
-    crate::schema_builder::build_schema(&t, schema, ts.as_deref(), None);
+    crate::schema_builder::build_local_schema(&t, schema, ts.as_deref(), None);
 }
