@@ -26,11 +26,15 @@ pub fn installed() -> bool {
 /// Citus is installed here and this node is one of its workers (not the
 /// coordinator): tenants are made and kept from the coordinator only.
 pub fn on_worker_node() -> bool {
+    // the local group (0: the coordinator, or a node not yet in a cluster),
+    // not citus_is_coordinator(), which is false while no node is active
     installed()
-        && !Spi::get_one::<bool>("SELECT pg_catalog.citus_is_coordinator()")
-            .ok()
-            .flatten()
-            .unwrap_or(true)
+        && Spi::get_one::<bool>(
+            "SELECT groupid OPERATOR(pg_catalog.<>) 0 FROM pg_catalog.pg_dist_local_group",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// What `health()` shows on the coordinator: the worker nodes and how many
@@ -110,40 +114,79 @@ pub fn regular_schema<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// While a tenant schema is built (a regular schema, on the coordinator
+/// only), Citus sends nothing of it to the workers: a function the
+/// template makes would otherwise go to workers that have no such schema
+/// yet. Its distribution sends what the schema holds.
+pub fn local_ddl() -> Option<GucScope> {
+    installed().then(|| {
+        let scope = GucScope::new();
+        scope.set("citus.enable_ddl_propagation", "off");
+        scope
+    })
+}
+
 /// Makes `schema` (filled from its template, owned by the owner role) a
 /// Citus distributed schema: each of its tables a single-shard table, all of
 /// them colocated on one node. With the extension's rights: Citus sends the
-/// schema's owner role to the workers, which takes a superuser. Only empty
-/// tables are distributed so: the rights are used to write Citus's catalog
-/// and create empty shards, never to copy rows (whose index expressions or
-/// defaults, the template's, would run with them).
+/// schema's owner role to the workers, which takes a superuser. So that no
+/// code of the template's runs with those rights, the schema must hold only
+/// empty tables (a copy of rows would run their index expressions and
+/// defaults) and no index or statistics object calling a function or
+/// operator that is not built in (Citus plans a look at each table, and the
+/// planner evaluates those expressions).
 pub fn distribute_schema(schema: &str) {
     if !installed() {
         return;
     }
     let scope = quiet_scope();
-    let filled = Spi::get_one_with_args::<String>(
-        "SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid) FROM pg_catalog.pg_class c \
-         WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace AND c.relkind OPERATOR(pg_catalog.=) 'r' \
-           AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0",
-        &[tenancy_core::ident::quote_ident(schema).into()],
-    )
-    .ok()
-    .flatten();
-    if let Some(tables) = filled {
+    let ns = tenancy_core::ident::quote_ident(schema);
+    let refuse = |what: String, hint: &str| -> ! {
         raise_with(
             sqlstate("0A000"),
+            what,
+            Some("A tenant schema is distributed with the extension's rights, so only while nothing in it can run code.".into()),
+            Some(hint.into()),
+        )
+    };
+    let filled = Spi::get_one_with_args::<String>(
+        "SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid) FROM pg_class c \
+         WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace AND c.relkind OPERATOR(pg_catalog.=) 'r' \
+           AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0",
+        &[ns.clone().into()],
+    )
+    .or_raise();
+    if let Some(tables) = filled {
+        refuse(
             format!("on Citus a template's statements may not write rows: {tables} has some"),
-            Some(
-                "A tenant schema is distributed once built, and only empty tables are distributed."
-                    .into(),
-            ),
-            Some("Add the rows after the tenant is provisioned.".into()),
+            "Add the rows after the tenant is provisioned.",
+        )
+    }
+    // an index, or statistics on a table of the schema, that depends on a
+    // function or operator made by a user (oid past the bootstrap range)
+    let calling = Spi::get_one_with_args::<String>(
+        "SELECT string_agg(DISTINCT x.name, ', ') FROM ( \
+           SELECT c.oid::regclass::text AS name, c.oid AS obj, 'pg_class'::regclass AS cls FROM pg_class c \
+           WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace AND c.relkind IN ('i', 'I') \
+           UNION ALL \
+           SELECT s.stxname::text, s.oid, 'pg_statistic_ext'::regclass FROM pg_statistic_ext s \
+           JOIN pg_class t ON t.oid OPERATOR(pg_catalog.=) s.stxrelid \
+           WHERE t.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace) x \
+         JOIN pg_depend d ON d.classid OPERATOR(pg_catalog.=) x.cls AND d.objid OPERATOR(pg_catalog.=) x.obj \
+         WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass) \
+           AND d.refobjid OPERATOR(pg_catalog.>=) 16384::oid",
+        &[ns.clone().into()],
+    )
+    .or_raise();
+    if let Some(objects) = calling {
+        refuse(
+            format!("on Citus an index or statistics object of a template may call only built-in functions and operators: {objects} does not"),
+            "Index the column itself, or add that index after the tenant is provisioned.",
         )
     }
     Spi::run_with_args(
         "SELECT pg_catalog.citus_schema_distribute($1::regnamespace)",
-        &[tenancy_core::ident::quote_ident(schema).into()],
+        &[ns.into()],
     )
     .or_raise();
     drop(scope);
@@ -198,6 +241,17 @@ fn quiet_scope() -> GucScope {
     let scope = GucScope::new();
     scope.set("search_path", "pg_catalog, pg_temp");
     scope.set("client_min_messages", "warning");
+    // Citus's settings any session may change, as Citus's defaults: the
+    // caller's session does not steer what is done for it
+    for (name, value) in [
+        ("citus.enable_ddl_propagation", "on"),
+        ("citus.enable_metadata_sync", "on"),
+        ("citus.enable_unsafe_triggers", "off"),
+        ("citus.use_citus_managed_tables", "off"),
+        ("citus.shard_replication_factor", "1"),
+    ] {
+        scope.set(name, value);
+    }
     scope
 }
 

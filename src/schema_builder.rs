@@ -115,6 +115,7 @@ pub fn build_local_schema(
     let statements = template.spec.schema_statements();
     // Template SQL uses unqualified names: they land in the tenant schema.
     crate::roles::as_owner(&crate::roles::owner_search_path(schema), None, || {
+        let _local = crate::citus::local_ddl();
         let total = statements.len();
         for s in &statements {
             let context = format!(

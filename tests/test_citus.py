@@ -1,84 +1,41 @@
 """Tenant schemas on a real Citus cluster: a coordinator and two workers,
 started here in temporary directories (the extension preloaded beside Citus
 on each), skipped where Citus is not installed. Citus is in no Debian suite:
-it is built by hand from its public source (README, "Citus")."""
+it is built by hand from its public source (README, "Scale-out on Citus")."""
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import types
 import uuid
 
-import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import PG_BIN, batch_of, free_port, skip_without, wait_for
+import citus_cluster
+from conftest import PG_BIN, batch_of, skip_without, wait_for
 
-DB = "app"
-
-
-def citus_installed():
-    libdir = subprocess.run([f"{PG_BIN}/pg_config", "--pkglibdir"], capture_output=True, text=True).stdout.strip()
-    return os.path.exists(os.path.join(libdir, "citus.so"))
-
-
-def as_postgres(*argv):
-    prefix = ["sudo", "-u", "postgres"] if os.geteuid() == 0 else []
-    subprocess.run([*prefix, *argv], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
 def citus():
-    """The cluster: cluster.connect(node, user=...) with node 0 the
-    coordinator; cluster.ports; cluster.admin, a tenancy_admin member that
-    is no superuser; cluster.owner, the owner role (given LOGIN, as the
-    README says a superuser does on Citus)."""
-    if not citus_installed():
-        skip_without("citus", "Citus is not installed (built from its source; see README, Citus)")
-    base = tempfile.mkdtemp(prefix="tenancy-citus-")
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres", "postgres")
-    ports = [free_port() for _ in range(3)]
-    dirs = [os.path.join(base, f"node{i}") for i in range(3)]
-
-    def connect(node=0, user="postgres", dbname=DB, **kw):
-        return psycopg.connect(host=base, port=ports[node], user=user, dbname=dbname, autocommit=True, **kw)
-
-    started = []
+    """The cluster (tests/citus_cluster.py): citus.connect(node, user=...)
+    with node 0 the coordinator; citus.ports; citus.admin, a tenancy_admin
+    member that is no superuser; citus.owner, the owner role (given LOGIN, as
+    the README says a superuser does on Citus)."""
+    if not citus_cluster.installed(PG_BIN):
+        skip_without("citus", "Citus is not installed (built from its source; see README, Scale-out on Citus)")
+    cluster = citus_cluster.Cluster(PG_BIN, conf="fsync = off\ntenancy.naptime = 200\n")
     try:
-        for d, port in zip(dirs, ports):
-            as_postgres(f"{PG_BIN}/initdb", "-D", d, "-A", "trust", "-U", "postgres")
-            with open(os.path.join(d, "postgresql.conf"), "a") as f:
-                f.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{base}'\n"
-                        "shared_preload_libraries = 'citus,tenancy'\nfsync = off\nmax_worker_processes = 32\n"
-                        "citus.enable_schema_based_sharding = on\ntenancy.naptime = 200\n")
-            as_postgres(f"{PG_BIN}/pg_ctl", "-D", d, "-l", os.path.join(d, "log"), "-w", "start")
-            started.append(d)
-        for node in range(3):
-            with connect(node, dbname="postgres") as c:
-                c.execute(f"CREATE DATABASE {DB}")
-            with connect(node) as c:
-                c.execute("CREATE EXTENSION citus")
-        with connect() as c:
-            c.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (ports[0],))
-            for p in ports[1:]:
-                c.execute("SELECT citus_add_node('127.0.0.1', %s)", (p,))
+        with cluster.connect() as c:
             c.execute("CREATE EXTENSION tenancy")  # Citus creates it on the workers too
             oid = c.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
             owner, admin = f"tenancy_owner_{oid}", "boss_" + uuid.uuid4().hex[:6]
             c.execute(f'ALTER ROLE "{owner}" LOGIN')
             c.execute(f'CREATE ROLE "{admin}" LOGIN')  # Citus creates it on the workers
             c.execute(f'GRANT "tenancy_admin_{oid}" TO "{admin}"')
-        yield types.SimpleNamespace(connect=connect, ports=ports, admin=admin, owner=owner, base=base)
+        yield types.SimpleNamespace(connect=cluster.connect, ports=cluster.ports, admin=admin, owner=owner,
+                                    base=cluster.base)
     finally:
-        for d in started:
-            subprocess.run(["sudo", "-u", "postgres", f"{PG_BIN}/pg_ctl", "-D", d, "-m", "immediate", "stop"]
-                           if os.geteuid() == 0 else [f"{PG_BIN}/pg_ctl", "-D", d, "-m", "immediate", "stop"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(base, ignore_errors=True)
+        cluster.stop()
 
 
 def placement(c, schema):
@@ -175,7 +132,7 @@ def test_suspend_resume_and_drop(citus):
                                    OR table_name::text LIKE 'tenant_echo.%%'""").fetchone()[0] == 0
         wait_for(gone, timeout=60, what="the dropped tenant's shards to be gone")
         for port in citus.ports[1:]:
-            with psycopg.connect(host=citus.base, port=port, user="postgres", dbname=DB) as w:
+            with citus.connect(citus.ports.index(port)) as w:
                 assert w.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant_echo%'").fetchone()[0] == 0
 
 
@@ -222,7 +179,7 @@ def test_what_citus_cannot_do_is_refused_at_the_call(citus):
         try:
             with citus.connect(user=citus.admin) as a, pytest.raises(errors.ObjectNotInPrerequisiteState,
                                                                       match="must be able to log in"):
-                a.execute("SELECT tenancy.provision('india')")
+                a.execute("SELECT tenancy.provision('juliet2')")
         finally:
             c.execute(f'ALTER ROLE "{citus.owner}" LOGIN')
 
@@ -278,3 +235,31 @@ def test_sizes_and_placement_come_from_the_shards(citus):
         with pytest.raises(errors.ConfigurationLimitExceeded):
             t.execute("INSERT INTO tenant_kilo.users (email) VALUES ('one.more@kilo.example')")
         assert t.execute("SELECT count(*) FROM tenant_kilo.users").fetchone()[0] == 5000
+
+
+def test_a_templates_code_never_runs_as_a_superuser_on_citus(citus):
+    """Attack (an admin): a template whose index calls a function that
+    raises when it finds itself a superuser. The schema is distributed with
+    the extension's rights, and Citus plans a look at each table, which
+    evaluates index expressions: such an index is refused before."""
+    trap = ("CREATE FUNCTION k(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $f$ BEGIN "
+            "IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN "
+            "RAISE EXCEPTION 'ran as a superuser'; END IF; RETURN i; END $f$")
+    with citus.connect(user=citus.admin) as a:
+        for slug, name, index in (("tp1", "trapped", "CREATE INDEX s_k ON s ((id + k(0)))"),
+                                  ("tp2", "trapped_where", "CREATE INDEX s_w ON s (id) WHERE k(0) >= 0"),
+                                  ("tp3", "trapped_stats", "CREATE STATISTICS s_st ON (id + k(0)), id FROM s")):
+            spec = {"tables": [trap, "CREATE TABLE s (id int PRIMARY KEY)", index]}
+            a.execute("SELECT tenancy.register_template(%s, %s)", (name, json.dumps(spec)))
+            with pytest.raises(errors.FeatureNotSupported, match="only built-in functions"):
+                a.execute("SELECT tenancy.provision(%s, NULL, %s)", (slug, name))
+        # an index of built-in code is fine
+        spec = {"tables": ["CREATE TABLE s (id int PRIMARY KEY, e text)", "CREATE INDEX s_l ON s (lower(e)) WHERE id > 0"]}
+        a.execute("SELECT tenancy.register_template('plain_index', %s)", (json.dumps(spec),))
+        a.execute("SELECT tenancy.provision('lima', NULL, 'plain_index')")
+        # nor can a template give the owner role a password (a login of its own)
+        a.execute("""SELECT tenancy.register_template('passworded', '{"tables": ["ALTER ROLE CURRENT_USER PASSWORD ''x''"]}')""")
+        with pytest.raises(errors.InsufficientPrivilege, match="may not change a role"):
+            a.execute("SELECT tenancy.provision('mike', NULL, 'passworded')")
+    with citus.connect() as c:
+        assert len(placement(c, "tenant_lima")) == 1

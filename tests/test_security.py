@@ -1462,3 +1462,13 @@ def test_set_tenant_ignores_the_callers_operators(db, cluster):
                 c.execute("SELECT tenancy.set_tenant(%s)", (guess,))
         c.execute("SELECT tenancy.current_tenant_id()")
     assert_not_escalated(db, user)
+
+
+@pytest.mark.parametrize("statement", ["ALTER ROLE CURRENT_USER PASSWORD 'x'", "ALTER ROLE CURRENT_USER SET work_mem = '1GB'"])
+def test_a_template_cannot_change_the_owner_role(db, statement):
+    """Attack (an admin): template SQL runs as the owner role, which PostgreSQL lets change its own
+    password and settings; a password would be a login of its own (Citus needs the role able to log in)."""
+    db.execute("SELECT tenancy.register_template('rolechange', %s)", (json.dumps({"tables": [statement]}),))
+    with pytest.raises(errors.InsufficientPrivilege, match="may not change a role"):
+        db.execute("SELECT tenancy.provision('rc', NULL, 'rolechange')")
+    assert db.execute("SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = tenancy._db_role('owner')").fetchone()[0]

@@ -331,6 +331,28 @@ unsafe fn referenced_table(
     }
 }
 
+/// Template SQL runs as the owner role, which PostgreSQL lets change its
+/// own password and settings: an admin's template could so give itself a
+/// way to log in as that role (which Citus needs able to log in).
+unsafe fn refuse_role_changes_as_owner(stmt: *mut pg_sys::Node) {
+    let tag = unsafe { (*stmt).type_ };
+    if matches!(
+        tag,
+        pg_sys::NodeTag::T_AlterRoleStmt | pg_sys::NodeTag::T_AlterRoleSetStmt
+    ) && crate::roles::in_owner_scope()
+    {
+        crate::error::raise_with(
+            crate::error::sqlstate("42501"),
+            "template SQL may not change a role".into(),
+            Some(
+                "It runs as the tenancy owner role, whose password and settings are the DBA's."
+                    .into(),
+            ),
+            None,
+        );
+    }
+}
+
 unsafe fn check_before_locking(stmt: *mut pg_sys::Node) {
     unsafe {
         for (rv, privilege) in relations_checked_first(stmt) {
@@ -406,6 +428,7 @@ unsafe extern "C-unwind" fn process_utility(
             // and then want more of: the worker's transactions wait instead
             super::take_worker_fence();
         } else if !stmt.is_null() && !pg_sys::superuser() {
+            refuse_role_changes_as_owner(stmt);
             check_before_locking(stmt);
         }
         let run = || match PREV_PROCESS_UTILITY {
