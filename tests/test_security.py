@@ -1472,3 +1472,18 @@ def test_a_template_cannot_change_the_owner_role(db, statement):
     with pytest.raises(errors.InsufficientPrivilege, match="may not change a role"):
         db.execute("SELECT tenancy.provision('rc', NULL, 'rolechange')")
     assert db.execute("SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = tenancy._db_role('owner')").fetchone()[0]
+
+
+def test_health_counts_a_tenants_rows_without_the_superusers_rights(db):
+    """Attack (an admin): an index of the template's users table whose expression calls the admin's
+    IMMUTABLE function with a constant; planning a count folds it, and health(tenant) counted users
+    as the extension's owner (a superuser)."""
+    trap = ("CREATE FUNCTION k(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $f$ BEGIN "
+            "IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN "
+            "RAISE EXCEPTION 'ran as a superuser'; END IF; RETURN i; END $f$")
+    spec = {"tables": [trap, "CREATE TABLE users (id int PRIMARY KEY, n int)",
+                       "CREATE INDEX users_k ON users ((n + k(0))) WHERE k(1) > 0"]}
+    db.execute("SELECT tenancy.register_template('trapped', %s)", (json.dumps(spec),))
+    db.execute("""SELECT tenancy.provision('trapped1', NULL, 'trapped', '{"max_users": 5}')""")
+    health = db.execute("SELECT tenancy.health('trapped1')").fetchone()[0]
+    assert health["users"] == 0 and health["max_users"] == 5
