@@ -176,3 +176,87 @@ BEGIN
     END IF;
 END
 $$;
+
+-- A database restored from another database's dump: pg_dump names owners
+-- and grantees by name, so its tenant schemas, shared tables and pool
+-- schemas belong to the source database's owner role
+-- (tenancy_owner_<source oid>), and the shared tables' grants name the
+-- source's shared role. The extension here runs template SQL, migrations,
+-- maintenance and its counts as this database's owner role (src/roles.rs),
+-- which owns none of it, and a tenant provisioned here joins this
+-- database's shared role, which has no grant. Hands what the source's owner
+-- role owns here to this database's (with its default privileges), and
+-- gives this database's roles the grants the source's have here; the
+-- source's roles keep those (the restored tenants' own roles are the
+-- source's, and go through them). Only roles tenancy made (by name and
+-- comment), and only what they hold in this database. The scheduler runs it
+-- when it starts and when a restore ends; it does nothing the second time.
+CREATE FUNCTION tenancy.after_restore()
+RETURNS TABLE(source_role name, this_role name, owned bigint, grants bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    db oid := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+    r record;
+    a record;
+BEGIN
+    FOR r IN SELECT ro.oid, ro.rolname, k.kind
+             FROM pg_roles ro,
+                  LATERAL (SELECT substring(ro.rolname FROM '^tenancy_(owner|shared|all_tenants)_[0-9]+$') AS kind) k
+             WHERE k.kind IS NOT NULL
+               AND ro.rolname <> tenancy._db_role(k.kind)
+               AND shobj_description(ro.oid, 'pg_authid') ~ ('^tenancy role of database [0-9]+: ' || k.kind || ' \(')
+               AND EXISTS (SELECT 1 FROM pg_shdepend d
+                           WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = ro.oid)
+             ORDER BY ro.rolname LOOP
+        source_role := r.rolname;
+        this_role := tenancy._db_role(r.kind);
+        owned := (SELECT count(*) FROM pg_shdepend d
+                  WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'o');
+        grants := 0;
+        IF owned > 0 THEN
+            EXECUTE format('REASSIGN OWNED BY %I TO %I', r.rolname, this_role);
+        END IF;
+        -- REASSIGN leaves default privileges with the old role: what the
+        -- owner makes later in a tenant's schema (a migration) is granted
+        -- to the tenant by them
+        FOR a IN SELECT da.defaclnamespace::regnamespace AS nsp, x.privilege_type,
+                        CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident((SELECT g.rolname FROM pg_roles g WHERE g.oid = x.grantee)) END AS grantee,
+                        CASE da.defaclobjtype WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES'
+                                              WHEN 'f' THEN 'ROUTINES' WHEN 'T' THEN 'TYPES' END AS objects
+                 FROM pg_default_acl da, aclexplode(da.defaclacl) x
+                 WHERE da.defaclrole = r.oid AND da.defaclnamespace <> 0 AND da.defaclobjtype IN ('r', 'S', 'f', 'T') LOOP
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s GRANT %s ON %s TO %s',
+                           this_role, a.nsp, a.privilege_type, a.objects, a.grantee);
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s REVOKE %s ON %s FROM %s',
+                           r.rolname, a.nsp, a.privilege_type, a.objects, a.grantee);
+            grants := grants + 1;
+        END LOOP;
+        -- grants to the source's role on tables, sequences and schemas here,
+        -- found through the role's dependencies (not a scan of pg_class)
+        FOR a IN SELECT format('%s %s', CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass) AS obj,
+                        x.privilege_type
+                 FROM pg_shdepend d JOIN pg_class c ON c.oid = d.objid, aclexplode(c.relacl) x
+                 WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'a'
+                   AND d.classid = 'pg_class'::regclass AND x.grantee = r.oid
+                   AND NOT EXISTS (SELECT 1 FROM aclexplode(c.relacl) y
+                                   WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type)
+                 UNION ALL
+                 SELECT format('SCHEMA %I', n.nspname), x.privilege_type
+                 FROM pg_shdepend d JOIN pg_namespace n ON n.oid = d.objid, aclexplode(n.nspacl) x
+                 WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'a'
+                   AND d.classid = 'pg_namespace'::regclass AND x.grantee = r.oid
+                   AND NOT EXISTS (SELECT 1 FROM aclexplode(n.nspacl) y
+                                   WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type) LOOP
+            EXECUTE format('GRANT %s ON %s TO %I', a.privilege_type, a.obj, this_role);
+            grants := grants + 1;
+        END LOOP;
+        IF owned > 0 OR grants > 0 THEN
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION tenancy.after_restore() IS
+    'After pg_restore of another database''s dump: hands what the source database''s tenancy roles own and hold here to this database''s';

@@ -95,7 +95,7 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO %I', admin);
     FOR r IN SELECT p.oid::regprocedure AS f, p.prokind FROM pg_proc p
              WHERE p.pronamespace = 'tenancy'::regnamespace AND left(p.proname, 1) <> '_'
-               AND p.proname NOT IN ('adopt_schemas') LOOP
+               AND p.proname NOT IN ('adopt_schemas', 'after_restore') LOOP
         EXECUTE format('GRANT EXECUTE ON %s %s TO %I',
                        CASE r.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, r.f, admin);
     END LOOP;

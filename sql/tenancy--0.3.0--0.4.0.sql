@@ -2349,6 +2349,74 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION tenancy.after_restore()
+RETURNS TABLE(source_role name, this_role name, owned bigint, grants bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    db oid := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+    r record;
+    a record;
+BEGIN
+    FOR r IN SELECT ro.oid, ro.rolname, k.kind
+             FROM pg_roles ro,
+                  LATERAL (SELECT substring(ro.rolname FROM '^tenancy_(owner|shared|all_tenants)_[0-9]+$') AS kind) k
+             WHERE k.kind IS NOT NULL
+               AND ro.rolname <> tenancy._db_role(k.kind)
+               AND shobj_description(ro.oid, 'pg_authid') ~ ('^tenancy role of database [0-9]+: ' || k.kind || ' \(')
+               AND EXISTS (SELECT 1 FROM pg_shdepend d
+                           WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = ro.oid)
+             ORDER BY ro.rolname LOOP
+        source_role := r.rolname;
+        this_role := tenancy._db_role(r.kind);
+        owned := (SELECT count(*) FROM pg_shdepend d
+                  WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'o');
+        grants := 0;
+        IF owned > 0 THEN
+            EXECUTE format('REASSIGN OWNED BY %I TO %I', r.rolname, this_role);
+        END IF;
+        -- REASSIGN leaves default privileges with the old role: what the
+        -- owner makes later in a tenant's schema (a migration) is granted
+        -- to the tenant by them
+        FOR a IN SELECT da.defaclnamespace::regnamespace AS nsp, x.privilege_type,
+                        CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident((SELECT g.rolname FROM pg_roles g WHERE g.oid = x.grantee)) END AS grantee,
+                        CASE da.defaclobjtype WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES'
+                                              WHEN 'f' THEN 'ROUTINES' WHEN 'T' THEN 'TYPES' END AS objects
+                 FROM pg_default_acl da, aclexplode(da.defaclacl) x
+                 WHERE da.defaclrole = r.oid AND da.defaclnamespace <> 0 AND da.defaclobjtype IN ('r', 'S', 'f', 'T') LOOP
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s GRANT %s ON %s TO %s',
+                           this_role, a.nsp, a.privilege_type, a.objects, a.grantee);
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s REVOKE %s ON %s FROM %s',
+                           r.rolname, a.nsp, a.privilege_type, a.objects, a.grantee);
+            grants := grants + 1;
+        END LOOP;
+        -- grants to the source's role on tables, sequences and schemas here,
+        -- found through the role's dependencies (not a scan of pg_class)
+        FOR a IN SELECT format('%s %s', CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass) AS obj,
+                        x.privilege_type
+                 FROM pg_shdepend d JOIN pg_class c ON c.oid = d.objid, aclexplode(c.relacl) x
+                 WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'a'
+                   AND d.classid = 'pg_class'::regclass AND x.grantee = r.oid
+                   AND NOT EXISTS (SELECT 1 FROM aclexplode(c.relacl) y
+                                   WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type)
+                 UNION ALL
+                 SELECT format('SCHEMA %I', n.nspname), x.privilege_type
+                 FROM pg_shdepend d JOIN pg_namespace n ON n.oid = d.objid, aclexplode(n.nspacl) x
+                 WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'a'
+                   AND d.classid = 'pg_namespace'::regclass AND x.grantee = r.oid
+                   AND NOT EXISTS (SELECT 1 FROM aclexplode(n.nspacl) y
+                                   WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type) LOOP
+            EXECUTE format('GRANT %s ON %s TO %I', a.privilege_type, a.obj, this_role);
+            grants := grants + 1;
+        END LOOP;
+        IF owned > 0 OR grants > 0 THEN
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION "template_ddl"(
 	"template" TEXT, /* & str */
 	"slug" TEXT /* & str */
@@ -2452,7 +2520,7 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO %I', admin);
     FOR r IN SELECT p.oid::regprocedure AS f, p.prokind FROM pg_proc p
              WHERE p.pronamespace = 'tenancy'::regnamespace AND left(p.proname, 1) <> '_'
-               AND p.proname NOT IN ('adopt_schemas') LOOP
+               AND p.proname NOT IN ('adopt_schemas', 'after_restore') LOOP
         EXECUTE format('GRANT EXECUTE ON %s %s TO %I',
                        CASE r.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, r.f, admin);
     END LOOP;
@@ -2520,6 +2588,8 @@ COMMENT ON FUNCTION tenancy.move_tenant(text, text) IS
     'Moves a tenant from the shared tables to a schema of its own, or back: its rows copied, its id, role and catalog row kept; all or nothing';
 COMMENT ON FUNCTION tenancy.clone_tenant(text, text, jsonb) IS
     'A new tenant with a copy of a tenant''s data, from the same template version, in one transaction';
+COMMENT ON FUNCTION tenancy.after_restore() IS
+    'After pg_restore of another database''s dump: hands what the source database''s tenancy roles own and hold here to this database''s';
 
 -- timeseries version 2 (versions already there are kept as they are)
 SELECT tenancy._load_shipped_templates();

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 import uuid
 
 from conftest import HOST, PG_BIN, PORT, batch_of, connect, wait_batch
@@ -28,6 +29,11 @@ SNAPSHOT = {
 }
 
 
+NOTES_V1 = {"tables": ["CREATE TABLE notes (id bigint PRIMARY KEY)"]}
+NOTES_V2 = {"tables": NOTES_V1["tables"] + ["CREATE TABLE tags (id bigint PRIMARY KEY)"],
+            "migrations": ["CREATE TABLE tags (id bigint PRIMARY KEY)"]}
+
+
 def snapshot(dbname):
     with connect(dbname, autocommit=True) as c:
         return {k: c.execute(q).fetchall() for k, q in SNAPSHOT.items()}
@@ -45,6 +51,9 @@ def test_dump_and_restore_into_a_new_database(db, fresh_db):
     db.execute("""SELECT tenancy.provision('dump_s', NULL, 'default', '{"isolation": "shared"}')""")
     db.execute("INSERT INTO shared_default.users (tenant_id, email) "
                "SELECT id, 's@dump' FROM tenancy.tenants WHERE slug = 'dump_s'")
+    db.execute("SELECT tenancy.register_template('notes', %s)", (json.dumps(NOTES_V1),))
+    db.execute("SELECT tenancy.provision('dump_n', NULL, 'notes')")
+    db.execute("INSERT INTO tenant_dump_n.notes VALUES (1)")
     batch = db.execute("SELECT tenancy.provision_batch(%s)", (batch_of("dump_b", 5),)).fetchone()[0]
     assert wait_batch(db, batch) == "completed"
     db.execute("SELECT tenancy.run_maintenance()")
@@ -68,6 +77,21 @@ def test_dump_and_restore_into_a_new_database(db, fresh_db):
                 assert after[k] == before[k], f"{k} differs after restore"
             with connect(restored, autocommit=True) as c:
                 assert c.execute("SELECT count(*) FROM tenancy.rls_audit()").fetchone()[0] == 0
+                # the source's owner role owned the restored schemas and shared
+                # tables; the worker hands them to this database's owner role
+                # (tenancy.after_restore) once the restore is over
+                owner = c.execute("SELECT tenancy._db_role('owner')").fetchone()[0]
+                mine = "SELECT n.nspowner::regrole::text FROM pg_namespace n WHERE n.nspname = %s"
+                for _ in range(300):
+                    if all(c.execute(mine, (s,)).fetchone()[0] == owner for s in ("tenant_dump_a", "shared_default")):
+                        break
+                    time.sleep(0.1)
+                assert c.execute(mine, ("tenant_dump_a",)).fetchone()[0] == owner
+                assert c.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                 "WHERE n.nspname IN ('tenant_dump_a', 'shared_default') "
+                                 "AND c.relowner::regrole::text <> %s", (owner,)).fetchone()[0] == 0
+                # done once: nothing more to move
+                assert c.execute("SELECT count(*) FROM tenancy.after_restore()").fetchone()[0] == 0
                 for slug in ("dump_a", "dump_b1", "dump_s"):
                     h = c.execute("SELECT tenancy.health(%s)", (slug,)).fetchone()[0]
                     assert h["score"] == 100, h
@@ -80,6 +104,26 @@ def test_dump_and_restore_into_a_new_database(db, fresh_db):
                                   ).fetchone()[0]
                 assert wait_batch(c, batch) == "completed"
                 c.execute("SELECT tenancy.provision('dump_a2')")
+                # a migration runs as this database's owner role in a restored
+                # schema, and the restored tenant's role is granted what it makes
+                c.execute("SELECT tenancy.register_template('notes', %s)", (json.dumps(NOTES_V2),))
+                assert wait_batch(c, c.execute("SELECT tenancy.migrate('notes', 2)").fetchone()[0]) == "completed"
+                # a shared tenant made in the copy reaches the restored shared tables
+                c.execute("SELECT tenancy.provision('dump_s2', NULL, 'default', '{\"isolation\": \"shared\"}')")
+                role = c.execute("SELECT role_name FROM tenancy.tenants WHERE slug = 'dump_s2'").fetchone()[0]
+                with c.transaction():
+                    c.execute(f'SET LOCAL ROLE "{role}"')
+                    c.execute("SELECT tenancy.set_tenant('dump_s2')")
+                    c.execute("INSERT INTO shared_default.users (tenant_id, email) "
+                              "VALUES (tenancy.current_tenant_id(), 's2@dump')")
+                    assert c.execute("SELECT email FROM shared_default.users").fetchall() == [("s2@dump",)]
+                old_role = c.execute("SELECT role_name FROM tenancy.tenants WHERE slug = 'dump_n'").fetchone()[0]
+                with c.transaction():
+                    c.execute(f'SET LOCAL ROLE "{old_role}"')
+                    c.execute("INSERT INTO tenant_dump_n.tags VALUES (1)")
+                    assert c.execute("SELECT count(*) FROM tenant_dump_n.notes").fetchone()[0] == 1
+                h = c.execute("SELECT tenancy.health('dump_n')").fetchone()[0]
+                assert h["score"] == 100, h
         finally:
             with connect("postgres", autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{restored}" WITH (FORCE)')

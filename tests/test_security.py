@@ -526,6 +526,7 @@ ADMIN_ATTACKS = {
         'ALTER DEFAULT PRIVILEGES FOR ROLE "tenancy_owner_{oid}" GRANT SELECT ON TABLES TO CURRENT_USER',
     "forge_a_tenancy_role_comment": "COMMENT ON ROLE \"{me}\" IS 'tenancy role of database {oid}: tenant'",
     "adopt_schemas": "SELECT count(*) FROM tenancy.adopt_schemas()",
+    "after_restore": "SELECT count(*) FROM tenancy.after_restore()",
     "enable_rls_on_the_audit_log": "SELECT tenancy.enable_rls('tenancy.audit_log')",
     "enable_rls_on_the_catalog": "SELECT tenancy.enable_rls('tenancy.tenants', 'id')",
     "enable_rls_on_a_system_table": "SELECT tenancy.enable_rls('pg_catalog.pg_authid', 'rolname')",

@@ -41,6 +41,28 @@ fn being_restored() -> bool {
     .unwrap_or(false)
 }
 
+/// A database restored from another database's dump: what the source's
+/// roles own and hold here becomes this database's roles'
+/// (`tenancy.after_restore`), so that the code run as the owner role can
+/// reach the restored tenants. Nothing to do, almost always: a look at the
+/// tenancy roles' dependencies in this database. A catalog older than the
+/// function is left alone.
+fn adopt_restored_objects() {
+    let present = Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regprocedure('tenancy.after_restore()') IS NOT NULL",
+    );
+    if present.ok().flatten() != Some(true) {
+        return;
+    }
+    let moved = Spi::get_one::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.format('%s to %s: %s owned, %s granted', \
+                source_role, this_role, owned, grants), '; ') FROM tenancy.after_restore()",
+    );
+    if let Ok(Some(moved)) = moved {
+        log!("tenancy: restored from another database's dump, roles moved: {moved}");
+    }
+}
+
 fn start_item_worker(db: u32) -> Option<DynamicBackgroundWorker> {
     BackgroundWorkerBuilder::new(&format!("{ITEM_WORKER_TYPE} {db}"))
         .set_type(ITEM_WORKER_TYPE)
@@ -133,6 +155,8 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
     let mut workers: Vec<DynamicBackgroundWorker> = Vec::new();
     let mut done_inline = 0;
     let mut recycle = false;
+    // looked at when the scheduler starts and after each restore
+    let mut restore_adopted = false;
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -153,12 +177,18 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
                 break;
             }
             Some((true, true)) => {
+                restore_adopted = false;
                 if !give_way() {
                     break;
                 }
                 continue;
             }
-            Some((true, false)) => {}
+            Some((true, false)) => {
+                if !restore_adopted {
+                    super::try_transaction("adopting a restore", adopt_restored_objects);
+                    restore_adopted = true;
+                }
+            }
             None => {
                 // a lock we could not get in time (DROP EXTENSION under way?)
                 if !give_way() {
