@@ -203,12 +203,30 @@ DECLARE
 BEGIN
     FOR r IN SELECT ro.oid, ro.rolname, k.kind
              FROM pg_roles ro,
-                  LATERAL (SELECT substring(ro.rolname FROM '^tenancy_(owner|shared|all_tenants)_[0-9]+$') AS kind) k
+                  LATERAL (SELECT substring(ro.rolname FROM '^tenancy_(owner|shared|all_tenants)_[0-9]+$') AS kind,
+                                  substring(ro.rolname FROM '_([0-9]+)$') AS n) k
              WHERE k.kind IS NOT NULL
                AND ro.rolname <> tenancy._db_role(k.kind)
-               AND shobj_description(ro.oid, 'pg_authid') ~ ('^tenancy role of database [0-9]+: ' || k.kind || ' \(')
+               AND shobj_description(ro.oid, 'pg_authid') ~ ('^tenancy role of database ' || k.n || ': ' || k.kind || ' \(')
                AND EXISTS (SELECT 1 FROM pg_shdepend d
                            WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = ro.oid)
+               -- not a role someone with CREATEROLE named and marked so that
+               -- what it owns here would become the owner role's: its
+               -- members are that database's tenancy roles only (from 16 on
+               -- the maker of a role is its member), and an owner role owns
+               -- a schema of this catalog (one that only the real one can,
+               -- and nobody's CREATEROLE gives: see README, Security model)
+               AND NOT ro.rolsuper
+               AND NOT EXISTS (SELECT 1 FROM pg_auth_members m
+                               WHERE m.roleid = ro.oid
+                                 AND coalesce(shobj_description(m.member, 'pg_authid'), '')
+                                     !~ ('^tenancy role of database ' || k.n || ': '))
+               AND (k.kind <> 'owner'
+                    OR EXISTS (SELECT 1 FROM pg_namespace n, tenancy.tenants t
+                               WHERE n.nspowner = ro.oid AND t.status <> 'dropped'
+                                 AND n.nspname = CASE WHEN t.isolation = 'shared' THEN tenancy._access_schema(t)
+                                                      WHEN t.status = 'archived' THEN tenancy._archive_name(t)
+                                                      ELSE t.schema_name END))
              ORDER BY ro.rolname LOOP
         source_role := r.rolname;
         this_role := tenancy._db_role(r.kind);

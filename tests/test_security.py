@@ -1488,3 +1488,38 @@ def test_health_counts_a_tenants_rows_without_the_superusers_rights(db):
     db.execute("""SELECT tenancy.provision('trapped1', NULL, 'trapped', '{"max_users": 5}')""")
     health = db.execute("SELECT tenancy.health('trapped1')").fetchone()[0]
     assert health["users"] == 0 and health["max_users"] == 5
+
+
+def test_after_restore_hands_nothing_of_a_forged_role_to_the_owner_role(db, cluster):
+    """Attack (review of after_restore, 2026-12-06): a user with CREATEROLE makes a role named and marked as
+    another database's tenancy owner role, owning a SECURITY DEFINER function of theirs, so that the worker's
+    tenancy.after_restore (a superuser's REASSIGN OWNED) hands it to this database's owner role, which owns every
+    tenant's tables."""
+    oid = db_oid(db)
+    provision(db, "fr")
+    cr = cluster.login("cr")
+    db.execute(f'ALTER ROLE "{cr}" CREATEROLE')
+    db.execute(f'CREATE SCHEMA att AUTHORIZATION "{cr}"')
+    fake = "tenancy_owner_4000000001"
+    cluster.track_role(fake)
+    for kind in ("shared", "all_tenants"):
+        cluster.track_role(f"tenancy_{kind}_4000000001")
+    with cluster.connect(cr) as c:
+        c.execute(f'CREATE ROLE "{fake}" NOLOGIN NOINHERIT')
+        c.execute(f"COMMENT ON ROLE \"{fake}\" IS 'tenancy role of database 4000000001: owner (made in database x)'")
+        c.execute("CREATE FUNCTION att.steal() RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER "
+                  "AS $$ BEGIN RETURN (SELECT count(*) FROM tenant_fr.users); END $$")
+        c.execute(f'GRANT CREATE, USAGE ON SCHEMA att TO "{fake}"')
+        if one(db, "SELECT current_setting('server_version_num')::int") >= 160000:
+            c.execute(f'GRANT "{fake}" TO "{cr}" WITH SET TRUE')
+        else:
+            c.execute(f'GRANT "{fake}" TO "{cr}"')
+        c.execute(f'ALTER FUNCTION att.steal() OWNER TO "{fake}"')
+        if one(db, "SELECT current_setting('server_version_num')::int") < 160000:
+            c.execute(f'REVOKE "{fake}" FROM "{cr}"')
+    assert db.execute("SELECT * FROM tenancy.after_restore()").fetchall() == []
+    assert one(db, "SELECT proowner::regrole::text FROM pg_proc WHERE oid = 'att.steal()'::regprocedure") == fake
+    with cluster.connect(cr) as c, refused("42501"):
+        c.execute("SELECT att.steal()")
+    assert not is_member(db, fake, f"tenancy_owner_{oid}")
+    db.execute("DROP SCHEMA att CASCADE")
