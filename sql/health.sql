@@ -83,6 +83,7 @@ DECLARE
     users_now bigint;
     hypertables jsonb;
     chunk_bytes bigint := 0;
+    owner_now text;
 BEGIN
     IF tenant IS NULL THEN
         RETURN tenancy.health();  -- DESIGN's health(tenant DEFAULT NULL)
@@ -96,6 +97,15 @@ BEGIN
     IF t.status = 'dropped' THEN
         RETURN jsonb_build_object('tenant', t.slug, 'status', t.status)
                || tenancy._tenant_score(jsonb_build_object('status', t.status, 'dropped_at', t.dropped_at::text));
+    END IF;
+    -- a copy restored from another database's dump, not handed over yet
+    -- (tenancy.after_restore): this database's owner role, which counts
+    -- its rows below, may not read its schema
+    owner_now := (SELECT n.nspowner::regrole::text FROM pg_namespace n
+                  WHERE n.nspname = CASE WHEN t.isolation = 'shared' THEN tenancy._access_schema(t) ELSE schema_now END);
+    IF owner_now IS NOT NULL AND owner_now <> quote_ident(tenancy._db_role('owner')) THEN
+        RETURN jsonb_build_object('tenant', t.slug, 'status', t.status, 'schema_owner', owner_now)
+               || tenancy._tenant_score(jsonb_build_object('status', t.status, 'foreign_owner', owner_now));
     END IF;
     IF t.isolation = 'shared' THEN
         -- a shared tenant is its rows in the shared tables

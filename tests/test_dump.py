@@ -127,3 +127,19 @@ def test_dump_and_restore_into_a_new_database(db, fresh_db):
         finally:
             with connect("postgres", autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{restored}" WITH (FORCE)')
+
+
+def test_health_names_a_schema_this_databases_owner_role_does_not_own(db):
+    """A restored copy before the worker hands it over (or a schema a superuser gave away): health(tenant)
+    says whose it is and what to run, instead of failing on the count it runs as the owner role."""
+    db.execute("SELECT tenancy.provision('elsewhere', NULL, 'default', '{\"max_users\": 5}')")
+    role = "other_owner_" + uuid.uuid4().hex[:8]
+    db.execute(f'CREATE ROLE "{role}" NOLOGIN')
+    try:
+        db.execute(f'ALTER SCHEMA tenant_elsewhere OWNER TO "{role}"')
+        h = db.execute("SELECT tenancy.health('elsewhere')").fetchone()[0]
+        assert h["schema_owner"] == role and h["score"] == 50, h
+        assert "tenancy.after_restore()" in " ".join(h["reasons"]), h
+    finally:
+        db.execute(f'DROP OWNED BY "{role}" CASCADE')
+        db.execute(f'DROP ROLE "{role}"')

@@ -37,6 +37,10 @@ pub struct TenantFindings {
     pub dropped_at: Option<String>,
     /// The schema it should have and has not.
     pub schema_missing: Option<String>,
+    /// The role that owns its schema when that is not this database's owner
+    /// role: a copy restored from another database's dump, not yet handed
+    /// over (`tenancy.after_restore`).
+    pub foreign_owner: Option<String>,
     #[serde(default)]
     pub template: String,
     #[serde(default)]
@@ -68,6 +72,13 @@ pub fn tenant_score(f: &TenantFindings) -> Score {
     }
     if let Some(schema) = &f.schema_missing {
         s.lower(100, format!("schema {schema} is missing"));
+        return s;
+    }
+    if let Some(role) = &f.foreign_owner {
+        s.lower(
+            50,
+            format!("its schema is owned by {role}, not this database's owner role: run tenancy.after_restore()"),
+        );
         return s;
     }
     if f.status != "active" {
@@ -194,6 +205,14 @@ mod tests {
         assert_eq!(
             tenant_score(&f).reasons(),
             vec!["schema tenant_x is missing"]
+        );
+        let f = TenantFindings {
+            foreign_owner: Some("tenancy_owner_1".into()),
+            ..active()
+        };
+        assert_eq!(
+            (tenant_score(&f).value(), tenant_score(&f).reasons().len()),
+            (50, 1)
         );
     }
 
