@@ -186,11 +186,20 @@ $$;
 -- which owns none of it, and a tenant provisioned here joins this
 -- database's shared role, which has no grant. Hands what the source's owner
 -- role owns here to this database's (with its default privileges), and
--- gives this database's roles the grants the source's have here; the
--- source's roles keep those (the restored tenants' own roles are the
--- source's, and go through them). Only roles tenancy made (by name and
--- comment), and only what they hold in this database. The scheduler runs it
--- when it starts and when a restore ends; it does nothing the second time.
+-- gives this database's shared and all_tenants roles the grants the
+-- source's have on those objects; the source's roles keep theirs (the
+-- restored tenants' own roles are the source's, and go through them).
+--
+-- Role memberships are the cluster's, not a database's: anyone who may SET
+-- ROLE to another database's tenancy role (that database's admins), or who
+-- made a role of such a name (CREATEROLE), can make it own or hold things
+-- here. So a source is a database whose owner role owns a schema of this
+-- catalog, which only a restore (a superuser) makes so; only that owner
+-- role's objects change owner, never a shared object (a database or a
+-- tablespace); its shared and all_tenants roles own nothing that is moved,
+-- and only their grants on what this database's owner role now owns are
+-- copied. The scheduler runs it when it starts and after a restore; the
+-- second run finds nothing to do.
 CREATE FUNCTION tenancy.after_restore()
 RETURNS TABLE(source_role name, this_role name, owned bigint, grants bigint)
 LANGUAGE plpgsql
@@ -198,66 +207,80 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     db oid := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+    owner_here name := tenancy._db_role('owner');
+    sources text[] := '{}';
     r record;
     a record;
 BEGIN
-    FOR r IN SELECT ro.oid, ro.rolname, k.kind
-             FROM pg_roles ro,
-                  LATERAL (SELECT substring(ro.rolname FROM '^tenancy_(owner|shared|all_tenants)_[0-9]+$') AS kind,
-                                  substring(ro.rolname FROM '_([0-9]+)$') AS n) k
-             WHERE k.kind IS NOT NULL
-               AND ro.rolname <> tenancy._db_role(k.kind)
-               AND shobj_description(ro.oid, 'pg_authid') ~ ('^tenancy role of database ' || k.n || ': ' || k.kind || ' \(')
-               AND EXISTS (SELECT 1 FROM pg_shdepend d
-                           WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = ro.oid)
-               -- not a role someone with CREATEROLE named and marked so that
-               -- what it owns here would become the owner role's: its
-               -- members are that database's tenancy roles only (from 16 on
-               -- the maker of a role is its member), and an owner role owns
-               -- a schema of this catalog (one that only the real one can,
-               -- and nobody's CREATEROLE gives: see README, Security model)
+    -- the source databases: their owner role owns a schema of this catalog
+    FOR r IN SELECT ro.oid, ro.rolname, substring(ro.rolname FROM '^tenancy_owner_([0-9]+)$') AS n
+             FROM pg_roles ro
+             WHERE ro.rolname ~ '^tenancy_owner_[0-9]+$' AND ro.rolname <> owner_here
+               AND shobj_description(ro.oid, 'pg_authid')
+                   ~ ('^tenancy role of database ' || substring(ro.rolname FROM '([0-9]+)$') || ': owner \(')
                AND NOT ro.rolsuper
-               AND NOT EXISTS (SELECT 1 FROM pg_auth_members m
-                               WHERE m.roleid = ro.oid
-                                 AND coalesce(shobj_description(m.member, 'pg_authid'), '')
-                                     !~ ('^tenancy role of database ' || k.n || ': '))
-               AND (k.kind <> 'owner'
-                    OR EXISTS (SELECT 1 FROM pg_namespace n, tenancy.tenants t
-                               WHERE n.nspowner = ro.oid AND t.status <> 'dropped'
-                                 AND n.nspname = CASE WHEN t.isolation = 'shared' THEN tenancy._access_schema(t)
-                                                      WHEN t.status = 'archived' THEN tenancy._archive_name(t)
-                                                      ELSE t.schema_name END))
+               AND EXISTS (SELECT 1 FROM pg_namespace n, tenancy.tenants t
+                           WHERE n.nspowner = ro.oid AND t.status <> 'dropped'
+                             AND n.nspname = CASE WHEN t.isolation = 'shared' THEN tenancy._access_schema(t)
+                                                  WHEN t.status = 'archived' THEN tenancy._archive_name(t)
+                                                  ELSE t.schema_name END)
              ORDER BY ro.rolname LOOP
+        -- REASSIGN OWNED also moves shared objects: a role that owns one is
+        -- not a restore's to move (the extension never makes it own any)
+        IF EXISTS (SELECT 1 FROM pg_database d WHERE d.datdba = r.oid)
+           OR EXISTS (SELECT 1 FROM pg_tablespace sp WHERE sp.spcowner = r.oid)
+           OR EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.dbid = 0 AND d.refclassid = 'pg_authid'::regclass
+                                                    AND d.refobjid = r.oid AND d.deptype = 'o') THEN
+            RAISE WARNING 'tenancy: % owns a database or tablespace; what it owns here is left to it', r.rolname
+                USING HINT = 'A superuser gives that away (ALTER DATABASE ... OWNER TO), then runs SELECT * FROM tenancy.after_restore().';
+            CONTINUE;
+        END IF;
+        sources := sources || r.n;
         source_role := r.rolname;
-        this_role := tenancy._db_role(r.kind);
+        this_role := owner_here;
         owned := (SELECT count(*) FROM pg_shdepend d
                   WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'o');
         grants := 0;
-        IF owned > 0 THEN
-            EXECUTE format('REASSIGN OWNED BY %I TO %I', r.rolname, this_role);
-        END IF;
+        EXECUTE format('REASSIGN OWNED BY %I TO %I', r.rolname, owner_here);
         -- REASSIGN leaves default privileges with the old role: what the
         -- owner makes later in a tenant's schema (a migration) is granted
         -- to the tenant by them
         FOR a IN SELECT da.defaclnamespace::regnamespace AS nsp, x.privilege_type,
-                        CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident((SELECT g.rolname FROM pg_roles g WHERE g.oid = x.grantee)) END AS grantee,
+                        CASE WHEN x.grantee = 0 THEN 'PUBLIC'
+                             ELSE quote_ident((SELECT g.rolname FROM pg_roles g WHERE g.oid = x.grantee)) END AS grantee,
                         CASE da.defaclobjtype WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES'
                                               WHEN 'f' THEN 'ROUTINES' WHEN 'T' THEN 'TYPES' END AS objects
                  FROM pg_default_acl da, aclexplode(da.defaclacl) x
                  WHERE da.defaclrole = r.oid AND da.defaclnamespace <> 0 AND da.defaclobjtype IN ('r', 'S', 'f', 'T') LOOP
             EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s GRANT %s ON %s TO %s',
-                           this_role, a.nsp, a.privilege_type, a.objects, a.grantee);
+                           owner_here, a.nsp, a.privilege_type, a.objects, a.grantee);
             EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s REVOKE %s ON %s FROM %s',
                            r.rolname, a.nsp, a.privilege_type, a.objects, a.grantee);
             grants := grants + 1;
         END LOOP;
-        -- grants to the source's role on tables, sequences and schemas here,
-        -- found through the role's dependencies (not a scan of pg_class)
+        RETURN NEXT;
+    END LOOP;
+
+    -- the shared and all_tenants roles of those databases: their grants on
+    -- what this database's owner role now owns (the shared tables), found
+    -- through the roles' dependencies here, not a scan of pg_class
+    FOR r IN SELECT ro.oid, ro.rolname, k.kind
+             FROM pg_roles ro,
+                  LATERAL (SELECT substring(ro.rolname FROM '^tenancy_(shared|all_tenants)_[0-9]+$') AS kind,
+                                  substring(ro.rolname FROM '_([0-9]+)$') AS n) k
+             WHERE k.kind IS NOT NULL AND k.n = ANY (sources)
+               AND shobj_description(ro.oid, 'pg_authid') ~ ('^tenancy role of database ' || k.n || ': ' || k.kind || ' \(')
+             ORDER BY ro.rolname LOOP
+        source_role := r.rolname;
+        this_role := tenancy._db_role(r.kind);
+        owned := 0;
+        grants := 0;
         FOR a IN SELECT format('%s %s', CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass) AS obj,
                         x.privilege_type
                  FROM pg_shdepend d JOIN pg_class c ON c.oid = d.objid, aclexplode(c.relacl) x
                  WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'a'
                    AND d.classid = 'pg_class'::regclass AND x.grantee = r.oid
+                   AND c.relowner = to_regrole(owner_here)
                    AND NOT EXISTS (SELECT 1 FROM aclexplode(c.relacl) y
                                    WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type)
                  UNION ALL
@@ -265,12 +288,13 @@ BEGIN
                  FROM pg_shdepend d JOIN pg_namespace n ON n.oid = d.objid, aclexplode(n.nspacl) x
                  WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'a'
                    AND d.classid = 'pg_namespace'::regclass AND x.grantee = r.oid
+                   AND n.nspowner = to_regrole(owner_here)
                    AND NOT EXISTS (SELECT 1 FROM aclexplode(n.nspacl) y
                                    WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type) LOOP
             EXECUTE format('GRANT %s ON %s TO %I', a.privilege_type, a.obj, this_role);
             grants := grants + 1;
         END LOOP;
-        IF owned > 0 OR grants > 0 THEN
+        IF grants > 0 THEN
             RETURN NEXT;
         END IF;
     END LOOP;

@@ -1490,7 +1490,8 @@ def test_health_counts_a_tenants_rows_without_the_superusers_rights(db):
     assert health["users"] == 0 and health["max_users"] == 5
 
 
-def test_after_restore_hands_nothing_of_a_forged_role_to_the_owner_role(db, cluster):
+@pytest.mark.parametrize("kind", ["owner", "all_tenants"])
+def test_after_restore_hands_nothing_of_a_forged_role_to_the_owner_role(db, cluster, kind):
     """Attack (review of after_restore, 2026-12-06): a user with CREATEROLE makes a role named and marked as
     another database's tenancy owner role, owning a SECURITY DEFINER function of theirs, so that the worker's
     tenancy.after_restore (a superuser's REASSIGN OWNED) hands it to this database's owner role, which owns every
@@ -1500,13 +1501,13 @@ def test_after_restore_hands_nothing_of_a_forged_role_to_the_owner_role(db, clus
     cr = cluster.login("cr")
     db.execute(f'ALTER ROLE "{cr}" CREATEROLE')
     db.execute(f'CREATE SCHEMA att AUTHORIZATION "{cr}"')
-    fake = "tenancy_owner_4000000001"
+    # of a database that exists (template1), or maintenance drops it as an
+    # orphan of a dropped database while the test runs
+    fake = f"tenancy_{kind}_1"
     cluster.track_role(fake)
-    for kind in ("shared", "all_tenants"):
-        cluster.track_role(f"tenancy_{kind}_4000000001")
     with cluster.connect(cr) as c:
         c.execute(f'CREATE ROLE "{fake}" NOLOGIN NOINHERIT')
-        c.execute(f"COMMENT ON ROLE \"{fake}\" IS 'tenancy role of database 4000000001: owner (made in database x)'")
+        c.execute(f"COMMENT ON ROLE \"{fake}\" IS 'tenancy role of database 1: {kind} (made in database template1)'")
         c.execute("CREATE FUNCTION att.steal() RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER "
                   "AS $$ BEGIN RETURN (SELECT count(*) FROM tenant_fr.users); END $$")
         c.execute(f'GRANT CREATE, USAGE ON SCHEMA att TO "{fake}"')
@@ -1523,3 +1524,54 @@ def test_after_restore_hands_nothing_of_a_forged_role_to_the_owner_role(db, clus
         c.execute("SELECT att.steal()")
     assert not is_member(db, fake, f"tenancy_owner_{oid}")
     db.execute("DROP SCHEMA att CASCADE")
+
+
+def test_after_restore_moves_only_what_a_restore_made(db, cluster):
+    """Attacks (hostile review of after_restore, 2026-12-06), against a database whose tenants a restore gave to
+    another database's owner role: (1) an admin of that other database, which role memberships let act here
+    too, makes its all_tenants role own a SECURITY DEFINER function here, so that the REASSIGN hands it to this
+    database's BYPASSRLS role; (2) a user with only CONNECT grants its temporary table to the source's shared role
+    and holds a lock on it, so that the adoption waits past lock_timeout and never happens."""
+    oid = db_oid(db)
+    provision(db, "ra")
+    provision(db, "rs", "shared")
+    seed(db, "rs")
+    other = cluster.database()
+    src = cluster.databases[other]
+    # what a restore of the other database's dump leaves: its owner role owns
+    # the tenants here, and its shared role holds the shared tables' grants
+    db.execute(f'REASSIGN OWNED BY "tenancy_owner_{oid}" TO "tenancy_owner_{src}"')
+    db.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON shared_default.users TO "tenancy_shared_{src}"')
+    db.execute(f'REVOKE ALL ON shared_default.users FROM "tenancy_shared_{oid}"')
+    other_admin = cluster.login("adm", f"tenancy_admin_{src}")
+    nobody = cluster.login("nobody")
+    attacker = cluster.connect(other_admin)
+    attacker.execute(f'SET ROLE "tenancy_all_tenants_{src}"')
+    attacker.execute("CREATE FUNCTION pg_temp.steal() RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER "
+                     "AS $$ BEGIN RETURN (SELECT count(*) FROM shared_default.users); END $$")
+    attacker.execute("RESET ROLE")
+    blocker = cluster.connect(nobody)
+    blocker.execute("CREATE TEMP TABLE t (a int)")
+    blocker.execute(f'GRANT SELECT ON t TO "tenancy_shared_{src}"')
+    blocker.execute("BEGIN")
+    blocker.execute("ALTER TABLE t ADD COLUMN z int")
+    try:
+        with db.transaction():
+            db.execute("SET LOCAL lock_timeout = '5s'")
+            moved = {r[0]: r[1:] for r in db.execute("SELECT source_role, owned, grants FROM tenancy.after_restore()")}
+    finally:
+        blocker.execute("ROLLBACK")
+    assert set(moved) <= {f"tenancy_owner_{src}", f"tenancy_shared_{src}"}, moved
+    mine = f"tenancy_owner_{oid}"
+    assert one(db, "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'tenant_ra'") == mine
+    assert one(db, "SELECT relowner::regrole::text FROM pg_class WHERE oid = 'shared_default.users'::regclass") == mine
+    assert one(db, "SELECT has_table_privilege(%s, 'shared_default.users', 'SELECT')", (f"tenancy_shared_{oid}",))
+    # the function is still the other database's role's, which may not read the table here
+    assert one(db, "SELECT count(*) FROM pg_proc WHERE proname = 'steal' AND proowner = %s::regrole",
+               (f"tenancy_all_tenants_{src}",)) == 1
+    with refused("42501"):
+        attacker.execute("SELECT pg_temp.steal()")
+    # the temporary table was nobody's business
+    assert one(db, "SELECT count(*) FROM pg_class c, aclexplode(c.relacl) x WHERE c.relname = 't' "
+                   "AND c.relpersistence = 't' AND x.grantee = %s::regrole", (f"tenancy_shared_{oid}",)) == 0
+    db.execute(f'REVOKE ALL ON shared_default.users FROM "tenancy_shared_{src}"')

@@ -155,8 +155,10 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
     let mut workers: Vec<DynamicBackgroundWorker> = Vec::new();
     let mut done_inline = 0;
     let mut recycle = false;
-    // looked at when the scheduler starts and after each restore
-    let mut restore_adopted = false;
+    // looked at when the scheduler starts and after each restore, and again
+    // a while after it failed (a session holding a lock on a restored table
+    // past lock_timeout): when, if it is still to do
+    let mut adopt_due: Option<std::time::Instant> = Some(std::time::Instant::now());
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -177,16 +179,21 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
                 break;
             }
             Some((true, true)) => {
-                restore_adopted = false;
+                adopt_due = Some(std::time::Instant::now());
                 if !give_way() {
                     break;
                 }
                 continue;
             }
             Some((true, false)) => {
-                if !restore_adopted {
-                    super::try_transaction("adopting a restore", adopt_restored_objects);
-                    restore_adopted = true;
+                if adopt_due.is_some_and(|t| t <= std::time::Instant::now()) {
+                    adopt_due = match super::try_transaction(
+                        "adopting a restore",
+                        adopt_restored_objects,
+                    ) {
+                        Some(()) => None,
+                        None => Some(std::time::Instant::now() + Duration::from_secs(30)),
+                    };
                 }
             }
             None => {
