@@ -212,6 +212,13 @@ DECLARE
     r record;
     a record;
 BEGIN
+    -- what it hands over goes to roles nobody else controls
+    FOR a IN SELECT k FROM unnest(ARRAY['owner', 'shared', 'all_tenants']) k
+             WHERE NOT tenancy._db_role_untouched(tenancy._db_role(k), k) LOOP
+        RAISE EXCEPTION 'role % is not as tenancy keeps it; nothing is handed to it', tenancy._db_role(a.k)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A superuser revokes the ADMIN OPTION or membership and the attribute, then runs SELECT * FROM tenancy.after_restore().';
+    END LOOP;
     -- the source databases: their owner role owns a schema of this catalog
     FOR r IN SELECT ro.oid, ro.rolname, substring(ro.rolname FROM '^tenancy_owner_([0-9]+)$') AS n
              FROM pg_roles ro
@@ -263,7 +270,11 @@ BEGIN
 
     -- the shared and all_tenants roles of those databases: their grants on
     -- what this database's owner role now owns (the shared tables), found
-    -- through the roles' dependencies here, not a scan of pg_class
+    -- through the roles' dependencies here, not a scan of pg_class. The
+    -- source's all_tenants role loses them (its members, the source's
+    -- admins, are nobody here); its shared role keeps them, for the
+    -- restored shared tenants' roles, which are the source's and under the
+    -- tables' policies
     FOR r IN SELECT ro.oid, ro.rolname, k.kind
              FROM pg_roles ro,
                   LATERAL (SELECT substring(ro.rolname FROM '^tenancy_(shared|all_tenants)_[0-9]+$') AS kind,
@@ -276,23 +287,29 @@ BEGIN
         owned := 0;
         grants := 0;
         FOR a IN SELECT format('%s %s', CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass) AS obj,
-                        x.privilege_type
+                        x.privilege_type,
+                        EXISTS (SELECT 1 FROM aclexplode(c.relacl) y
+                                WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type) AS held
                  FROM pg_shdepend d JOIN pg_class c ON c.oid = d.objid, aclexplode(c.relacl) x
                  WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'a'
                    AND d.classid = 'pg_class'::regclass AND x.grantee = r.oid
                    AND c.relowner = to_regrole(owner_here)
-                   AND NOT EXISTS (SELECT 1 FROM aclexplode(c.relacl) y
-                                   WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type)
                  UNION ALL
-                 SELECT format('SCHEMA %I', n.nspname), x.privilege_type
+                 SELECT format('SCHEMA %I', n.nspname), x.privilege_type,
+                        EXISTS (SELECT 1 FROM aclexplode(n.nspacl) y
+                                WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type)
                  FROM pg_shdepend d JOIN pg_namespace n ON n.oid = d.objid, aclexplode(n.nspacl) x
                  WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'a'
                    AND d.classid = 'pg_namespace'::regclass AND x.grantee = r.oid
-                   AND n.nspowner = to_regrole(owner_here)
-                   AND NOT EXISTS (SELECT 1 FROM aclexplode(n.nspacl) y
-                                   WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type) LOOP
-            EXECUTE format('GRANT %s ON %s TO %I', a.privilege_type, a.obj, this_role);
-            grants := grants + 1;
+                   AND n.nspowner = to_regrole(owner_here) LOOP
+            IF NOT a.held THEN
+                EXECUTE format('GRANT %s ON %s TO %I', a.privilege_type, a.obj, this_role);
+                grants := grants + 1;
+            END IF;
+            IF r.kind = 'all_tenants' THEN
+                EXECUTE format('REVOKE %s ON %s FROM %I', a.privilege_type, a.obj, r.rolname);
+                grants := grants + 1;
+            END IF;
         END LOOP;
         IF grants > 0 THEN
             RETURN NEXT;

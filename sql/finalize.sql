@@ -81,6 +81,11 @@ BEGIN
             RAISE EXCEPTION 'role % exists and was not made by tenancy for this database', role
                 USING ERRCODE = 'duplicate_object',
                       HINT = 'Drop or rename that role, then run the command again.';
+        ELSIF NOT tenancy._db_role_untouched(role, r.kind) THEN
+            RAISE EXCEPTION 'role % is not as tenancy keeps it: a role holds ADMIN on it, it has an attribute it should not, or (the owner role) it has a member', role
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'Whoever administers or joins it would hold the rights tenancy gives it.',
+                      HINT = 'A superuser revokes the ADMIN OPTION or membership and the attribute (or drops the role), then runs the command again.';
         END IF;
     END LOOP;
     EXECUTE format('GRANT %I TO %I', tenancy._db_role('all_tenants'), admin);
@@ -131,7 +136,7 @@ BEGIN
         WHERE p.pronamespace = 'tenancy'::regnamespace AND p.prokind = 'f'
           AND p.proname NOT IN ('current_tenant_id', 'tenant_may_write', 'set_tenant', 'admin_role', '_maintain_partitions',
                                 '_copy_partition_indexes', '_save_catalog', '_caller',
-                                '_is_own_role', '_apply_privileges')
+                                '_is_own_role', '_db_role_untouched', '_apply_privileges')
           AND NOT p.prosecdef
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', r.f);

@@ -30,6 +30,25 @@ AS $$
                      WHERE r.rolname = role_name AND d.datname = current_database()), false)
 $$;
 
+-- One of this database's own roles (admin, all_tenants, owner, shared) as
+-- tenancy keeps it: nobody may administer it (from PostgreSQL 16 on, whoever
+-- makes a role with CREATEROLE holds ADMIN on it, so a role made ahead of
+-- CREATE EXTENSION or of a restore, with tenancy's name and comment, would be
+-- theirs to join), no attribute it does not need (all_tenants alone is
+-- BYPASSRLS; the owner may log in, which Citus needs), and the owner role
+-- has no member at all.
+CREATE FUNCTION tenancy._db_role_untouched(role_name name, kind text) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT NOT (r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication)
+                            AND (kind = 'all_tenants' OR NOT r.rolbypassrls)
+                            AND (kind = 'owner' OR NOT r.rolcanlogin)
+                            AND NOT EXISTS (SELECT 1 FROM pg_auth_members m
+                                            WHERE m.roleid = r.oid AND (m.admin_option OR kind = 'owner'))
+                     FROM pg_roles r WHERE r.rolname = role_name), false)
+$$;
+
 -- The name of one of this database's own roles: admin, all_tenants, owner, shared.
 CREATE FUNCTION tenancy._db_role(kind text) RETURNS name
 LANGUAGE sql STABLE

@@ -810,6 +810,18 @@ AS $$
                      WHERE r.rolname = role_name AND d.datname = current_database()), false)
 $$;
 
+CREATE OR REPLACE FUNCTION tenancy._db_role_untouched(role_name name, kind text) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT NOT (r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication)
+                            AND (kind = 'all_tenants' OR NOT r.rolbypassrls)
+                            AND (kind = 'owner' OR NOT r.rolcanlogin)
+                            AND NOT EXISTS (SELECT 1 FROM pg_auth_members m
+                                            WHERE m.roleid = r.oid AND (m.admin_option OR kind = 'owner'))
+                     FROM pg_roles r WHERE r.rolname = role_name), false)
+$$;
+
 CREATE OR REPLACE FUNCTION tenancy._db_role(kind text) RETURNS name
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -2371,6 +2383,13 @@ DECLARE
     r record;
     a record;
 BEGIN
+    -- what it hands over goes to roles nobody else controls
+    FOR a IN SELECT k FROM unnest(ARRAY['owner', 'shared', 'all_tenants']) k
+             WHERE NOT tenancy._db_role_untouched(tenancy._db_role(k), k) LOOP
+        RAISE EXCEPTION 'role % is not as tenancy keeps it; nothing is handed to it', tenancy._db_role(a.k)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A superuser revokes the ADMIN OPTION or membership and the attribute, then runs SELECT * FROM tenancy.after_restore().';
+    END LOOP;
     -- the source databases: their owner role owns a schema of this catalog
     FOR r IN SELECT ro.oid, ro.rolname, substring(ro.rolname FROM '^tenancy_owner_([0-9]+)$') AS n
              FROM pg_roles ro
@@ -2422,7 +2441,11 @@ BEGIN
 
     -- the shared and all_tenants roles of those databases: their grants on
     -- what this database's owner role now owns (the shared tables), found
-    -- through the roles' dependencies here, not a scan of pg_class
+    -- through the roles' dependencies here, not a scan of pg_class. The
+    -- source's all_tenants role loses them (its members, the source's
+    -- admins, are nobody here); its shared role keeps them, for the
+    -- restored shared tenants' roles, which are the source's and under the
+    -- tables' policies
     FOR r IN SELECT ro.oid, ro.rolname, k.kind
              FROM pg_roles ro,
                   LATERAL (SELECT substring(ro.rolname FROM '^tenancy_(shared|all_tenants)_[0-9]+$') AS kind,
@@ -2435,23 +2458,29 @@ BEGIN
         owned := 0;
         grants := 0;
         FOR a IN SELECT format('%s %s', CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass) AS obj,
-                        x.privilege_type
+                        x.privilege_type,
+                        EXISTS (SELECT 1 FROM aclexplode(c.relacl) y
+                                WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type) AS held
                  FROM pg_shdepend d JOIN pg_class c ON c.oid = d.objid, aclexplode(c.relacl) x
                  WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'a'
                    AND d.classid = 'pg_class'::regclass AND x.grantee = r.oid
                    AND c.relowner = to_regrole(owner_here)
-                   AND NOT EXISTS (SELECT 1 FROM aclexplode(c.relacl) y
-                                   WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type)
                  UNION ALL
-                 SELECT format('SCHEMA %I', n.nspname), x.privilege_type
+                 SELECT format('SCHEMA %I', n.nspname), x.privilege_type,
+                        EXISTS (SELECT 1 FROM aclexplode(n.nspacl) y
+                                WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type)
                  FROM pg_shdepend d JOIN pg_namespace n ON n.oid = d.objid, aclexplode(n.nspacl) x
                  WHERE d.dbid = db AND d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'a'
                    AND d.classid = 'pg_namespace'::regclass AND x.grantee = r.oid
-                   AND n.nspowner = to_regrole(owner_here)
-                   AND NOT EXISTS (SELECT 1 FROM aclexplode(n.nspacl) y
-                                   WHERE y.grantee = to_regrole(this_role) AND y.privilege_type = x.privilege_type) LOOP
-            EXECUTE format('GRANT %s ON %s TO %I', a.privilege_type, a.obj, this_role);
-            grants := grants + 1;
+                   AND n.nspowner = to_regrole(owner_here) LOOP
+            IF NOT a.held THEN
+                EXECUTE format('GRANT %s ON %s TO %I', a.privilege_type, a.obj, this_role);
+                grants := grants + 1;
+            END IF;
+            IF r.kind = 'all_tenants' THEN
+                EXECUTE format('REVOKE %s ON %s FROM %I', a.privilege_type, a.obj, r.rolname);
+                grants := grants + 1;
+            END IF;
         END LOOP;
         IF grants > 0 THEN
             RETURN NEXT;
@@ -2549,6 +2578,11 @@ BEGIN
             RAISE EXCEPTION 'role % exists and was not made by tenancy for this database', role
                 USING ERRCODE = 'duplicate_object',
                       HINT = 'Drop or rename that role, then run the command again.';
+        ELSIF NOT tenancy._db_role_untouched(role, r.kind) THEN
+            RAISE EXCEPTION 'role % is not as tenancy keeps it: a role holds ADMIN on it, it has an attribute it should not, or (the owner role) it has a member', role
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'Whoever administers or joins it would hold the rights tenancy gives it.',
+                      HINT = 'A superuser revokes the ADMIN OPTION or membership and the attribute (or drops the role), then runs the command again.';
         END IF;
     END LOOP;
     EXECUTE format('GRANT %I TO %I', tenancy._db_role('all_tenants'), admin);
@@ -2599,7 +2633,7 @@ BEGIN
         WHERE p.pronamespace = 'tenancy'::regnamespace AND p.prokind = 'f'
           AND p.proname NOT IN ('current_tenant_id', 'tenant_may_write', 'set_tenant', 'admin_role', '_maintain_partitions',
                                 '_copy_partition_indexes', '_save_catalog', '_caller',
-                                '_is_own_role', '_apply_privileges')
+                                '_is_own_role', '_db_role_untouched', '_apply_privileges')
           AND NOT p.prosecdef
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', r.f);

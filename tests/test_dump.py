@@ -90,6 +90,10 @@ def test_dump_and_restore_into_a_new_database(db, fresh_db):
                 assert c.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                                  "WHERE n.nspname IN ('tenant_dump_a', 'shared_default') "
                                  "AND c.relowner::regrole::text <> %s", (owner,)).fetchone()[0] == 0
+                # the source's admins (through its BYPASSRLS role) are nobody in the copy
+                src_all = f"tenancy_all_tenants_{c.execute('SELECT oid FROM pg_database WHERE datname = %s', (fresh_db,)).fetchone()[0]}"
+                assert not c.execute("SELECT has_table_privilege(%s, 'shared_default.users', 'SELECT')",
+                                     (src_all,)).fetchone()[0]
                 # done once: nothing more to move
                 assert c.execute("SELECT count(*) FROM tenancy.after_restore()").fetchone()[0] == 0
                 for slug in ("dump_a", "dump_b1", "dump_s"):

@@ -1543,6 +1543,8 @@ def test_after_restore_moves_only_what_a_restore_made(db, cluster):
     db.execute(f'REASSIGN OWNED BY "tenancy_owner_{oid}" TO "tenancy_owner_{src}"')
     db.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON shared_default.users TO "tenancy_shared_{src}"')
     db.execute(f'REVOKE ALL ON shared_default.users FROM "tenancy_shared_{oid}"')
+    db.execute(f'GRANT SELECT ON shared_default.users TO "tenancy_all_tenants_{src}"')
+    db.execute(f'REVOKE ALL ON shared_default.users FROM "tenancy_all_tenants_{oid}"')
     other_admin = cluster.login("adm", f"tenancy_admin_{src}")
     nobody = cluster.login("nobody")
     attacker = cluster.connect(other_admin)
@@ -1561,7 +1563,10 @@ def test_after_restore_moves_only_what_a_restore_made(db, cluster):
             moved = {r[0]: r[1:] for r in db.execute("SELECT source_role, owned, grants FROM tenancy.after_restore()")}
     finally:
         blocker.execute("ROLLBACK")
-    assert set(moved) <= {f"tenancy_owner_{src}", f"tenancy_shared_{src}"}, moved
+    assert set(moved) == {f"tenancy_owner_{src}", f"tenancy_shared_{src}", f"tenancy_all_tenants_{src}"}, moved
+    # the other database's admins (through its BYPASSRLS role) are nobody here
+    assert not one(db, "SELECT has_table_privilege(%s, 'shared_default.users', 'SELECT')", (f"tenancy_all_tenants_{src}",))
+    assert one(db, "SELECT has_table_privilege(%s, 'shared_default.users', 'SELECT')", (f"tenancy_all_tenants_{oid}",))
     mine = f"tenancy_owner_{oid}"
     assert one(db, "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'tenant_ra'") == mine
     assert one(db, "SELECT relowner::regrole::text FROM pg_class WHERE oid = 'shared_default.users'::regclass") == mine
@@ -1575,3 +1580,30 @@ def test_after_restore_moves_only_what_a_restore_made(db, cluster):
     assert one(db, "SELECT count(*) FROM pg_class c, aclexplode(c.relacl) x WHERE c.relname = 't' "
                    "AND c.relpersistence = 't' AND x.grantee = %s::regrole", (f"tenancy_shared_{oid}",)) == 0
     db.execute(f'REVOKE ALL ON shared_default.users FROM "tenancy_shared_{src}"')
+
+
+@pytest.mark.parametrize("kind", ["owner", "admin", "all_tenants"])
+def test_a_role_made_ahead_of_create_extension_is_refused(cluster, kind):
+    """Attack (second hostile review, 2026-12-06): a user with CREATEROLE guesses the OID of a database about to
+    be made (or restored into), makes its tenancy role with tenancy's name and comment ahead of CREATE EXTENSION,
+    and so holds ADMIN on it (from PostgreSQL 16 on its maker does): the owner role would give every tenant's
+    tables, the admin role every lifecycle function and, through all_tenants, every shared tenant's rows."""
+    target = cluster.database(extension=False)
+    oid = cluster.databases[target]
+    cr = cluster.login("cr")
+    with connect("postgres", autocommit=True) as su:
+        su.execute(f'ALTER ROLE "{cr}" CREATEROLE')
+        version = one(su, "SELECT current_setting('server_version_num')::int")
+    role = f"tenancy_{kind}_{oid}"
+    cluster.track_role(role)
+    with cluster.connect(cr, "postgres") as c:
+        c.execute(f'CREATE ROLE "{role}" NOLOGIN')
+        c.execute(f"COMMENT ON ROLE \"{role}\" IS 'tenancy role of database {oid}: {kind} (made in database {target})'")
+        if version < 160000:
+            # what PostgreSQL 16 gives the maker by itself
+            c.execute(f'GRANT "{role}" TO "{cr}" WITH ADMIN OPTION')
+    with connect(target, autocommit=True, options=SAFE) as su, refused("42501"):
+        su.execute("CREATE EXTENSION tenancy")
+    with connect(target, autocommit=True) as su:
+        assert one(su, "SELECT count(*) FROM pg_extension WHERE extname = 'tenancy'") == 0
+        assert one(su, "SELECT count(*) FROM pg_roles WHERE rolname ~ %s", (f"^tenancy_[a-z_]+_{oid}$",)) == 1
