@@ -98,6 +98,10 @@ BEGIN
     -- roles and policies from a table anyone with CREATE could have written,
     -- so it is the superuser's
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO %I', admin);
+    -- the keys that make a shared tenant's context on Citus's workers
+    -- (sql/citus.sql): whoever reads them can make any tenant's
+    REVOKE ALL ON tenancy.node_key, tenancy.citus_node_keys FROM PUBLIC;
+    EXECUTE format('REVOKE ALL ON tenancy.node_key, tenancy.citus_node_keys FROM %I', admin);
     FOR r IN SELECT p.oid::regprocedure AS f, p.prokind FROM pg_proc p
              WHERE p.pronamespace = 'tenancy'::regnamespace AND left(p.proname, 1) <> '_'
                AND p.proname NOT IN ('adopt_schemas', 'after_restore') LOOP

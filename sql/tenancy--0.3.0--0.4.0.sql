@@ -61,6 +61,20 @@ COMMENT ON TABLE tenancy.events IS
 -- a consumer's old id is then refused); the ids go on from where they were.
 SELECT pg_catalog.pg_extension_config_dump('tenancy.events_id_seq', '');
 
+-- Citus: the key each node checks a shared tenant's context with, and the
+-- coordinator's copy of its workers' keys (sql/citus.sql)
+CREATE TABLE tenancy.node_key (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    key text NOT NULL
+);
+INSERT INTO tenancy.node_key (key)
+VALUES (replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));
+CREATE TABLE tenancy.citus_node_keys (
+    groupid integer PRIMARY KEY,
+    key text NOT NULL,
+    fetched_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- Every function and view, as in a fresh install (written by
 -- scripts/upgrade-functions from the generated install script).
 -- <functions>

@@ -21,6 +21,9 @@ pub static EVENT_RETENTION: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"7 days"));
 pub static METRICS_RETENTION: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(Some(c"90 days"));
+/// A shared tenant's context on Citus's worker nodes (src/citus/tenant_context.rs).
+pub static TENANT_PROOF: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
 pub static TENANT_ID: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 pub static TRACK_ACTIVITY: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -85,6 +88,21 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::DISALLOW_IN_FILE,
     );
+    // USERSET so that Citus's connections (as the user) may set it on the
+    // workers; its check hook lets no one else, and only superusers read it
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"tenancy.tenant_proof",
+            c"The current shared tenant on a Citus worker node (set by tenancy.set_tenant on the coordinator).",
+            c"Sent by Citus with the transaction; a worker believes it only with a MAC of its own key.",
+            &TENANT_PROOF,
+            GucContext::Userset,
+            GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY | GucFlags::DISALLOW_IN_FILE,
+            Some(crate::citus::tenant_context::check_proof),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_int_guc(
         c"tenancy.naptime",
         c"How long the background worker sleeps between looks at the queue.",

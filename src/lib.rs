@@ -64,6 +64,7 @@ extension_sql_file!(
     requires = ["maintenance", database_file_sizes, activity]
 );
 extension_sql_file!("../sql/adopt.sql", name = "adopt", requires = ["metrics"]);
+extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["adopt"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

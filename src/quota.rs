@@ -170,6 +170,16 @@ fn tenant_may_write() -> bool {
     if exempt() {
         return true;
     }
+    if crate::gucs::TENANT_ID.get().is_none() {
+        // a Citus worker node: whether the tenant was under its quota when
+        // the coordinator sent its context
+        if let Some(c) = crate::citus::tenant_context::on_worker() {
+            if !c.may_write {
+                refuse_on_worker(c.tenant);
+            }
+        }
+        return true;
+    }
     let marked = STATE.with(|s| {
         let id = crate::gucs::TENANT_ID.get()?;
         let bytes = tenancy_core::slug::uuid_bytes(id.to_str().ok()?)?;
@@ -179,6 +189,25 @@ fn tenant_may_write() -> bool {
         refuse(&m);
     }
     true
+}
+
+/// Whether a shared tenant's rows may be written now by this session: what
+/// the coordinator sends to Citus's workers with the tenant's context.
+pub fn shared_may_write(tenant: [u8; 16]) -> bool {
+    exempt() || STATE.with(|s| !s.borrow().shared.contains_key(&tenant))
+}
+
+/// On a Citus worker node, which has no catalog: the tenant by its id.
+fn refuse_on_worker(tenant: [u8; 16]) -> ! {
+    raise_with(
+        sqlstate("53400"),
+        format!(
+            "tenant {} is over its storage quota: writes are refused",
+            pgrx::Uuid::from_bytes(tenant)
+        ),
+        Some("The coordinator marked it over its quota when the transaction set the tenant (refresh_metrics).".into()),
+        Some("Delete rows, or raise max_storage_bytes (tenancy.bulk_update) on the coordinator.".into()),
+    );
 }
 
 fn refuse(m: &Marked) -> ! {

@@ -116,6 +116,8 @@ pub fn as_role<R>(name: &str, search_path: &str, tenant: Option<Uuid>, f: impl F
             ),
         )
     };
+    // on Citus the shared tables' rows are on the workers: the context too
+    let citus_before = tenant.and_then(crate::citus::tenant_context::send_for_own_work);
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
     // the tenant context is a superuser setting: set it before switching
     if let Some(t) = tenant {
@@ -146,6 +148,9 @@ pub fn as_role<R>(name: &str, search_path: &str, tenant: Option<Uuid>, f: impl F
         pg_sys::SetUserIdAndSecContext(user, sec);
         // false: what the code changed is not kept (as for an index build)
         pg_sys::AtEOXact_GUC(false, nest);
+    }
+    if let Some(before) = citus_before {
+        crate::citus::tenant_context::set_proof(&before);
     }
     r
 }

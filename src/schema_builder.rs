@@ -253,5 +253,7 @@ pub fn ensure_shared_schema(template: &Template) -> String {
         let role = quote_ident(&crate::roles::db_role(kind));
         Spi::run(&format!("GRANT USAGE ON SCHEMA {q} TO {role}")).or_raise();
     }
+    // on Citus: by tenant_id over the workers, with the policies and grants
+    crate::citus::distribute_shared_schema(&schema);
     schema
 }

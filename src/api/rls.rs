@@ -29,7 +29,11 @@ fn set_guc(name: &str, value: &str, local: bool) {
 /// session set it) is NULL too. STABLE: an index scan evaluates it once.
 #[pg_extern(stable, parallel_safe)]
 fn current_tenant_id() -> Option<Uuid> {
-    let value = crate::gucs::TENANT_ID.get()?;
+    let Some(value) = crate::gucs::TENANT_ID.get() else {
+        // a Citus worker node: the tenant the coordinator sent, if this
+        // node's key signed it (the coordinator checked it was active)
+        return crate::citus::tenant_context::on_worker().map(|c| Uuid::from_bytes(c.tenant));
+    };
     let bytes = tenancy_core::slug::uuid_bytes(value.to_str().ok()?)?;
     let id = Uuid::from_bytes(bytes);
     // the extension's own work on a tenant that is not active (drop_tenant
@@ -115,6 +119,7 @@ unsafe extern "C-unwind" fn forget_lock_at_end(
             | XACT_EVENT_PREPARE
     ) {
         LOCKED.with(|l| l.set(None));
+        crate::citus::tenant_context::forget_at_end();
     }
 }
 
@@ -224,6 +229,7 @@ fn tenants_changed() {
 #[pg_extern(name = "set_tenant")]
 fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uuid> {
     let Some(tenant) = tenant else {
+        crate::citus::tenant_context::send(None);
         set_guc("tenancy.tenant_id", "", is_local);
         return None;
     };
@@ -289,6 +295,17 @@ fn set_tenant(tenant: Option<&str>, is_local: default!(bool, true)) -> Option<Uu
             status,
             action: "setting it as the current tenant".into(),
         });
+    }
+    if isolation == "shared" && crate::citus::installed() {
+        // the shared tables are on Citus's workers: the context goes there
+        // with the transaction (src/citus/tenant_context.rs)
+        if !is_local {
+            crate::citus::tenant_context::refuse_session_context(&slug);
+        }
+        let may_write = crate::quota::shared_may_write(*id.as_bytes());
+        crate::citus::tenant_context::send(Some((id, may_write)));
+    } else {
+        crate::citus::tenant_context::send(None);
     }
     set_guc("tenancy.tenant_id", &id.to_string(), is_local);
     // only once the table's OID is known can an invalidation of it be told

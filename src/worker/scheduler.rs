@@ -159,6 +159,9 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
     // a while after it failed (a session holding a lock on a restored table
     // past lock_timeout): when, if it is still to do
     let mut adopt_due: Option<std::time::Instant> = Some(std::time::Instant::now());
+    // the Citus workers' keys (src/citus/tenant_context.rs): at start, then
+    // every few minutes for a node added since
+    let mut keys_due = std::time::Instant::now();
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -194,6 +197,14 @@ pub extern "C-unwind" fn tenancy_scheduler_main(_arg: pg_sys::Datum) {
                         Some(()) => None,
                         None => Some(std::time::Instant::now() + Duration::from_secs(30)),
                     };
+                }
+                if keys_due <= std::time::Instant::now() {
+                    let fetched =
+                        super::try_transaction("fetching the Citus workers' keys", || {
+                            crate::citus::sync_worker_keys()
+                        });
+                    keys_due = std::time::Instant::now()
+                        + Duration::from_secs(if fetched.is_some() { 300 } else { 30 });
                 }
             }
             None => {

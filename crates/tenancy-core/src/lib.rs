@@ -9,6 +9,7 @@ pub mod error;
 pub mod health;
 pub mod ident;
 pub mod options;
+pub mod proof;
 pub mod relation_file;
 pub mod retry;
 pub mod slug;

@@ -13,6 +13,8 @@
 //! colocated with the schema's others (`create_distributed_table` with no
 //! distribution column).
 
+pub mod tenant_context;
+
 use crate::error::{raise_with, sqlstate, OrRaise};
 use crate::guc_scope::GucScope;
 use pgrx::prelude::*;
@@ -140,12 +142,27 @@ pub fn distribute_schema(schema: &str) {
         return;
     }
     let scope = quiet_scope();
+    refuse_code_in(schema);
+    Spi::run_with_args(
+        "SELECT pg_catalog.citus_schema_distribute($1::regnamespace)",
+        &[tenancy_core::ident::quote_ident(schema).into()],
+    )
+    .or_raise();
+    drop(scope);
+}
+
+/// Fails with 0A000 when code of a template's could run while `schema` is
+/// distributed with the extension's rights: a table with rows (their copy
+/// runs index expressions and defaults), or an index or statistics object
+/// that calls a function or operator that is not built in (Citus plans a
+/// look at each table, and the planner evaluates those expressions).
+fn refuse_code_in(schema: &str) {
     let ns = tenancy_core::ident::quote_ident(schema);
     let refuse = |what: String, hint: &str| -> ! {
         raise_with(
             sqlstate("0A000"),
             what,
-            Some("A tenant schema is distributed with the extension's rights, so only while nothing in it can run code.".into()),
+            Some("A tenant or shared schema is distributed with the extension's rights, so only while nothing in it can run code.".into()),
             Some(hint.into()),
         )
     };
@@ -184,12 +201,6 @@ pub fn distribute_schema(schema: &str) {
             "Index the column itself, or add that index after the tenant is provisioned.",
         )
     }
-    Spi::run_with_args(
-        "SELECT pg_catalog.citus_schema_distribute($1::regnamespace)",
-        &[ns.into()],
-    )
-    .or_raise();
-    drop(scope);
 }
 
 /// The tables of a distributed `schema` that Citus left local (a migration's
@@ -233,6 +244,120 @@ pub fn distribute_new_tables(schema: &str) {
         .or_raise();
     }
     drop(scope);
+}
+
+/// Distributes the tables of a template's shared schema, made and given
+/// their policies and grants on the coordinator: a table with a `tenant_id`
+/// column by it (hash-distributed, every such table of every template in
+/// one colocation group, so a tenant's rows of all of them are on one
+/// node), one without (global rows, such as plans) as a reference table,
+/// copied to every node. Citus copies
+/// the policies and grants to the shards; the policies read the tenant that
+/// set_tenant sends (tenant_context.rs), so the workers' keys are fetched.
+pub fn distribute_shared_schema(schema: &str) {
+    if !installed() {
+        return;
+    }
+    ensure_owner_reaches_workers();
+    let scope = quiet_scope();
+    // a local table's foreign key to a reference table would make Citus
+    // add it to its metadata as a local table, which cannot be distributed
+    // after (identity columns); the tenant tables are distributed just after
+    scope.set("citus.enable_local_reference_table_foreign_keys", "off");
+    let tables: Vec<(String, bool, Vec<String>)> = Spi::connect(|c| {
+        c.select(
+            "SELECT c.oid::regclass::text, \
+                    EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' \
+                            AND NOT a.attisdropped), \
+                    ARRAY(SELECT DISTINCT f.confrelid::regclass::text FROM pg_constraint f \
+                          WHERE f.conrelid = c.oid AND f.contype = 'f' AND f.confrelid <> c.oid) \
+             FROM pg_class c WHERE c.relnamespace = $1::regnamespace AND c.relkind IN ('r', 'p') \
+               AND NOT c.relispartition ORDER BY c.oid",
+            None,
+            &[tenancy_core::ident::quote_ident(schema).into()],
+        )
+        .map(|rows| {
+            rows.filter_map(|r| {
+                Some((
+                    r.get::<String>(1).ok()??,
+                    r.get::<bool>(2).ok()??,
+                    r.get::<Vec<String>>(3).ok()??,
+                ))
+            })
+            .collect()
+        })
+    })
+    .or_raise();
+    // with the extension's rights, as a tenant schema is (Citus sends the
+    // owner role to the workers, which takes a superuser): so only while
+    // nothing in the schema can run code
+    refuse_code_in(schema);
+    {
+        let mut done: Vec<String> = Vec::new();
+        for (table, _, _) in tables.iter().filter(|t| !t.1) {
+            Spi::run_with_args(
+                "SELECT pg_catalog.create_reference_table($1::regclass)",
+                &[table.as_str().into()],
+            )
+            .or_raise();
+            done.push(table.clone());
+        }
+        // a table after those its foreign keys reference (Citus checks each
+        // key when the table is distributed); a cycle is left to Citus's error
+        let mut left: Vec<&(String, bool, Vec<String>)> = tables.iter().filter(|t| t.1).collect();
+        while !left.is_empty() {
+            let next = left
+                .iter()
+                .position(|(_, _, refs)| {
+                    refs.iter()
+                        .all(|r| done.contains(r) || !tables.iter().any(|t| &t.0 == r))
+                })
+                .unwrap_or(0);
+            let (table, _, _) = left.remove(next);
+            Spi::run_with_args(
+                "SELECT pg_catalog.create_distributed_table($1::regclass, 'tenant_id')",
+                &[table.as_str().into()],
+            )
+            .or_raise();
+            done.push(table.clone());
+        }
+    }
+    drop(scope);
+    sync_worker_keys();
+}
+
+/// Fetches each worker node's key (`tenancy.node_key`, made there by CREATE
+/// EXTENSION) into `tenancy.citus_node_keys`, with which set_tenant signs a
+/// shared tenant's context for that node; forgets the keys of groups gone.
+/// Run when shared tables are distributed and by the background worker
+/// every few minutes (a node added later). Returns how many nodes answered.
+#[pg_extern(name = "_citus_sync_keys")]
+fn sync_keys() -> i64 {
+    sync_worker_keys()
+}
+
+pub fn sync_worker_keys() -> i64 {
+    if !installed() || on_worker_node() {
+        return 0;
+    }
+    let scope = quiet_scope();
+    let n = Spi::get_one::<i64>(
+        "WITH fetched AS ( \
+             SELECT n.groupid, r.result AS key \
+             FROM run_command_on_workers('SELECT key FROM tenancy.node_key') r \
+             JOIN pg_dist_node n ON n.nodename = r.nodename AND n.nodeport = r.nodeport \
+             WHERE r.success AND n.noderole = 'primary' AND n.groupid <> 0 AND length(r.result) >= 32), \
+         gone AS (DELETE FROM tenancy.citus_node_keys k \
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_dist_node n WHERE n.groupid = k.groupid)), \
+         kept AS (INSERT INTO tenancy.citus_node_keys (groupid, key) SELECT groupid, key FROM fetched \
+                  ON CONFLICT (groupid) DO UPDATE SET key = EXCLUDED.key, fetched_at = now() \
+                  WHERE citus_node_keys.key IS DISTINCT FROM EXCLUDED.key) \
+         SELECT count(*) FROM fetched",
+    )
+    .or_raise()
+    .unwrap_or(0);
+    drop(scope);
+    n
 }
 
 /// search_path of the catalog only, and Citus's NOTICEs (one per tenant)
