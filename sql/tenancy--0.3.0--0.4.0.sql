@@ -119,6 +119,11 @@ IMMUTABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'check_migration_options_wrapper';
 
+CREATE OR REPLACE FUNCTION "_citus_sync_keys"() RETURNS bigint /* i64 */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'sync_keys_wrapper';
+
 CREATE OR REPLACE FUNCTION "_clone_tenant"(
 	"tenant" TEXT, /* & str */
 	"new_slug" TEXT, /* Option < & str > */
@@ -2609,6 +2614,10 @@ BEGIN
     -- roles and policies from a table anyone with CREATE could have written,
     -- so it is the superuser's
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA tenancy TO %I', admin);
+    -- the keys that make a shared tenant's context on Citus's workers
+    -- (sql/citus.sql): whoever reads them can make any tenant's
+    REVOKE ALL ON tenancy.node_key, tenancy.citus_node_keys FROM PUBLIC;
+    EXECUTE format('REVOKE ALL ON tenancy.node_key, tenancy.citus_node_keys FROM %I', admin);
     FOR r IN SELECT p.oid::regprocedure AS f, p.prokind FROM pg_proc p
              WHERE p.pronamespace = 'tenancy'::regnamespace AND left(p.proname, 1) <> '_'
                AND p.proname NOT IN ('adopt_schemas', 'after_restore') LOOP

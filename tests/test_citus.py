@@ -3,6 +3,7 @@ started here in temporary directories (the extension preloaded beside Citus
 on each), skipped where Citus is not installed. Citus is in no Debian suite:
 it is built by hand from its public source (README, "Scale-out on Citus")."""
 
+import contextlib
 import json
 import types
 import uuid
@@ -292,13 +293,13 @@ def shared(citus):
     return ids
 
 
+@contextlib.contextmanager
 def in_tenant(conn, slug):
     """A transaction of conn acting as shared tenant slug (set_tenant is per
     transaction on Citus)."""
-    tx = conn.transaction()
-    tx.__enter__()
-    conn.execute("SELECT tenancy.set_tenant(%s)", (slug,))
-    return tx
+    with conn.transaction():
+        conn.execute("SELECT tenancy.set_tenant(%s)", (slug,))
+        yield
 
 
 def test_shared_tables_are_distributed_by_tenant(citus, shared):
@@ -391,14 +392,24 @@ def test_a_tenant_cannot_forge_its_context_on_the_workers(citus, shared):
             with pytest.raises(errors.InsufficientPrivilege), t.transaction():
                 t.execute("SET LOCAL citus.propagate_set_commands = 'local'")
                 t.execute(how.replace("%s", f"'{forged}'"))
-    # on a worker, posing as a Citus connection: the proof is taken, but no
-    # MAC of this node's key is in it, so the policies see no tenant
-    for node in (1, 2):
-        with citus.connect(node, user=mallory, application_name="citus_internal gpid=10000000001") as w, w.transaction():
-            w.execute("SET LOCAL citus.propagate_set_commands = 'local'")
+    # on the worker that holds sh3's rows, reading its shard itself: the
+    # proof is refused; posing as a Citus connection it is taken, but no MAC
+    # of this node's key is in it, so the shard's policy sees no tenant
+    with citus.connect() as c:
+        shard, port = c.execute("""SELECT shardid, nodeport FROM citus_shards WHERE shardid =
+                                       get_shard_id_for_distribution_column('shared_crm.accounts', %s)""",
+                                (shared["sh3"],)).fetchone()
+    node = citus.ports.index(port)
+    with citus.connect(node) as w:
+        assert w.execute(f"SELECT count(*) FROM shared_crm.accounts_{shard} WHERE tenant_id = %s",
+                         (shared["sh3"],)).fetchone()[0] >= 1
+    with citus.connect(node, user=mallory) as w:
+        with pytest.raises(errors.InsufficientPrivilege), w.transaction():
             w.execute(f"SET LOCAL tenancy.tenant_proof = '{forged}'")
-            assert w.execute("SELECT tenancy.current_tenant_id()").fetchone()[0] is None
-            assert w.execute("SELECT count(*) FROM shared_crm.accounts").fetchone()[0] == 0
+    with citus.connect(node, user=mallory, application_name="citus_internal gpid=10000000001") as w, w.transaction():
+        w.execute(f"SET LOCAL tenancy.tenant_proof = '{forged}'")
+        assert w.execute("SELECT tenancy.current_tenant_id()").fetchone()[0] is None
+        assert w.execute(f"SELECT count(*) FROM shared_crm.accounts_{shard}").fetchone()[0] == 0
 
 
 def test_a_shared_tenant_over_its_quota_writes_nothing_on_the_workers(citus, shared):

@@ -97,6 +97,8 @@ pub fn current_proof() -> String {
 
 /// `SET LOCAL tenancy.tenant_proof`, run so that Citus sees it and sends it
 /// on (only a statement reaches its utility hook, not set_config_option).
+/// It sends it to the connections of the transaction and to those it opens
+/// later in it, and forgets it when the transaction ends.
 pub fn set_proof(proof: &str) {
     struct Setting;
     impl Drop for Setting {
@@ -108,14 +110,35 @@ pub fn set_proof(proof: &str) {
     scope.set("citus.propagate_set_commands", "local");
     SETTING.with(|s| s.set(true));
     let guard = Setting;
-    // the value is ours: hex digits, a uuid, ':', '=' and ','
+    // Citus sends a SET LOCAL on only inside what it takes for a
+    // multi-statement transaction: a transaction block, a procedure, a DO
+    // block; not a function an autocommit statement calls (health(tenant),
+    // drop_tenant). Hence the DO block. The value is ours: hex digits, a
+    // uuid, ':', '=' and ','.
     Spi::run(&format!(
-        "SET LOCAL tenancy.tenant_proof = {}",
+        "DO $tenancy$ BEGIN SET LOCAL tenancy.tenant_proof = {}; END $tenancy$",
         tenancy_core::ident::quote_literal(proof)
     ))
     .or_raise();
     drop(guard);
     drop(scope);
+    if !proof.is_empty() {
+        use_coordinated_transaction();
+    }
+}
+
+/// Has Citus run the rest of this transaction's work on the workers inside
+/// remote transactions, which begin with the SET LOCALs it holds: a
+/// one-statement read outside a transaction block would otherwise go
+/// without one, and without the proof. Citus's C function for that
+/// (UseCoordinatedTransaction) is not exported; its SQL function
+/// create_intermediate_result calls it first, and an empty result of this
+/// name, in the transaction's own directory, goes with the transaction.
+fn use_coordinated_transaction() {
+    Spi::run(
+        "SELECT pg_catalog.create_intermediate_result('tenancy_context', 'SELECT 1 WHERE false')",
+    )
+    .or_raise();
 }
 
 /// On a worker node: the tenant the session's proof names, if this node's
