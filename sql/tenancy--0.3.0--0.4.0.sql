@@ -2017,6 +2017,8 @@ AS $$
 DECLARE
     n integer;
     st record;
+    on_citus boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+    shard_total bigint;
     now_ts timestamptz := clock_timestamp();
 BEGIN
     -- a temporary table of that name the caller made (with a trigger) must
@@ -2110,7 +2112,7 @@ BEGIN
 
     -- on Citus a tenant schema's tables are empty shells here and its rows
     -- are in shards on a worker: their size counts (quotas included)
-    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+    IF on_citus THEN
         EXECUTE $q$
             UPDATE pg_temp.tenancy_metrics_now m
             SET total_bytes = m.total_bytes + x.bytes
@@ -2139,13 +2141,28 @@ BEGIN
         CROSS JOIN LATERAL tenancy._shared_tables(sch.schema_name) tbl
     LOOP
         UPDATE tenancy_metrics_now SET table_count = table_count + 1 WHERE isolation = 'shared';
+        -- on Citus a distributed shared table is an empty shell here: its
+        -- bytes are its shards' on the workers (citus_shards, as for schema
+        -- tenants; citus_total_relation_size refuses a transaction that
+        -- wrote to shards), shared out by the exact count of the rows the
+        -- same scan gives (the shell has no reltuples)
+        IF on_citus THEN
+            shard_total := NULL;
+            EXECUTE 'SELECT sum(shard_size)::bigint FROM pg_catalog.citus_shards WHERE table_name = $1'
+                INTO shard_total USING st.tbl;
+            IF shard_total IS NOT NULL THEN
+                st.total := shard_total;
+                st.est_rows := NULL;
+            END IF;
+        END IF;
         EXECUTE format(
             'UPDATE tenancy_metrics_now m SET row_estimate = m.row_estimate + x.n, '
-            'total_bytes = m.total_bytes + (%s * x.n / %s)::bigint, table_bytes = m.table_bytes + (%s * x.n / %s)::bigint, '
-            'index_bytes = m.index_bytes + (%s * x.n / %s)::bigint '
-            'FROM (SELECT tenant_id, count(*) AS n FROM %s GROUP BY tenant_id) x '
+            'total_bytes = m.total_bytes + (%s * x.n / x.rows)::bigint, table_bytes = m.table_bytes + (%s * x.n / x.rows)::bigint, '
+            'index_bytes = m.index_bytes + (%s * x.n / x.rows)::bigint '
+            'FROM (SELECT tenant_id, count(*) AS n, coalesce(%s, greatest(sum(count(*)) OVER (), 1)) AS rows '
+            '      FROM %s GROUP BY tenant_id) x '
             'WHERE m.tenant_id = x.tenant_id AND m.isolation = ''shared''',
-            st.total, st.est_rows, st.heap, st.est_rows, st.idx, st.est_rows, st.tbl);
+            st.total, st.heap, st.idx, coalesce(st.est_rows::text, 'NULL'), st.tbl);
     END LOOP;
 
     INSERT INTO tenancy.tenant_metrics (tenant_id, collected_at, isolation, table_count, row_estimate,

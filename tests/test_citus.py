@@ -440,3 +440,31 @@ def test_dropping_a_shared_tenant_deletes_its_rows_on_the_workers(citus, shared)
         counts = dict(c.execute("SELECT tenant_id, count(*) FROM shared_crm.accounts WHERE tenant_id = ANY(%s) GROUP BY 1",
                                 ([shared["sh6"], shared["sh7"]],)).fetchall())
         assert counts == {uuid.UUID(str(shared["sh7"])): 20}, counts
+
+
+def test_sizes_of_shared_tenants_come_from_the_shards(citus, shared):
+    with citus.connect() as c:
+        for slug, n in (("sh8", 3000), ("sh9", 30)):
+            with in_tenant(c, slug):
+                c.execute("INSERT INTO shared_crm.accounts (name) SELECT repeat('x', 200) || g FROM generate_series(1, %s) g",
+                          (n,))
+        c.execute("SELECT tenancy.refresh_metrics()")
+        sizes = dict(c.execute("SELECT slug, total_bytes FROM tenancy.latest_metrics WHERE slug IN ('sh8', 'sh9')"))
+        rows = dict(c.execute("SELECT slug, row_estimate FROM tenancy.latest_metrics WHERE slug IN ('sh8', 'sh9')"))
+        assert rows == {"sh8": 3000, "sh9": 30}, rows
+        # the rows' share of the shards' bytes (the shells here are empty)
+        assert sizes["sh8"] > 600_000 and sizes["sh8"] > 50 * sizes["sh9"] > 0, sizes
+        c.execute("SELECT tenancy.bulk_update('{sh8}', '{\"max_storage_bytes\": 100000}')")
+        c.execute("SELECT tenancy.refresh_metrics()")
+    login = login_of(citus, "sh8")
+    try:
+        with citus.connect(user=login) as t, in_tenant(t, "sh8"):
+            with pytest.raises(errors.ConfigurationLimitExceeded), t.transaction():
+                t.execute("INSERT INTO shared_crm.accounts (name) VALUES ('over')")
+            assert t.execute("SELECT count(*) FROM shared_crm.accounts WHERE tenant_id = %s",
+                             (shared["sh8"],)).fetchone()[0] == 3000
+            t.execute("DELETE FROM shared_crm.accounts WHERE id <= 10")  # deletes are allowed
+    finally:
+        with citus.connect() as c:
+            c.execute("SELECT tenancy.bulk_update('{sh8}', '{\"max_storage_bytes\": null}')")
+            c.execute("SELECT tenancy.refresh_metrics()")
