@@ -36,9 +36,14 @@ AS $$
         WHERE e.extname = 'timescaledb' AND n.nspname = 'timescaledb_information')
 $$;
 
--- Where a tenant schema is on Citus: {"node": "host:port", "colocation_id"},
--- or NULL when Citus is not installed or the schema is not distributed.
-CREATE FUNCTION tenancy._citus_placement(schema_name text) RETURNS jsonb
+-- Where a tenant is on Citus, or NULL when Citus is not installed or the
+-- tenant's tables are not distributed: a schema tenant's
+-- {"node": "host:port", "colocation_id", "shard_bytes"} (its tables' shards
+-- on that node); a shared tenant's {"node", "colocation_id", "shard_id"}:
+-- the shard of the shared table tbl that holds its rows (its rows of every
+-- shared table are on that node: they are colocated).
+CREATE FUNCTION tenancy._citus_placement(schema_name text, tbl regclass DEFAULT NULL, tenant uuid DEFAULT NULL)
+RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -50,14 +55,59 @@ BEGIN
     END IF;
     -- Citus's relations exist only with it: a query parsed when it runs
     -- (those of pg_catalog, not citus_tables in public)
+    IF tbl IS NOT NULL THEN
+        EXECUTE $q$
+            SELECT jsonb_build_object('node', s.nodename || ':' || s.nodeport, 'colocation_id', p.colocationid,
+                                      'shard_id', s.shardid)
+            FROM pg_dist_partition p
+            JOIN citus_shards s ON s.shardid = get_shard_id_for_distribution_column(p.logicalrelid, $2::text)
+            WHERE p.logicalrelid = $1 AND p.partmethod = 'h'
+            LIMIT 1
+        $q$ INTO placed USING tbl, tenant;
+        RETURN placed;
+    END IF;
     EXECUTE $q$
-        SELECT jsonb_build_object('node', s.nodename || ':' || s.nodeport, 'colocation_id', p.colocationid)
+        SELECT jsonb_build_object('node', min(s.nodename || ':' || s.nodeport), 'colocation_id', min(p.colocationid),
+                                  'shard_bytes', sum(s.shard_size))
         FROM citus_shards s JOIN pg_dist_partition p ON p.logicalrelid = s.table_name
         JOIN pg_class c ON c.oid = s.table_name::oid
         WHERE c.relnamespace = to_regnamespace(quote_ident($1))
-        ORDER BY s.shardid LIMIT 1
+        HAVING count(*) > 0
     $q$ INTO placed USING schema_name;
     RETURN placed;
+END
+$$;
+
+-- A tenant's counts in citus_stat_tenants (Citus's own per-tenant query
+-- statistics, summed over the nodes), by its attribute there (a schema
+-- tenant's schema name, a shared tenant's id as text) and colocation group
+-- (Citus keeps no database in its key); NULL unless Citus tracks tenants
+-- (citus.stat_tenants_track = 'all') and the extension's owner, whom this
+-- runs as, may read them (Citus grants them to superusers and pg_monitor).
+CREATE FUNCTION tenancy._citus_stat_tenant(attribute text, colocation integer) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    counts jsonb;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+       OR current_setting('citus.stat_tenants_track', true) IS DISTINCT FROM 'all'
+       OR to_regprocedure('pg_catalog.citus_stat_tenants(boolean)') IS NULL
+       OR NOT has_function_privilege('pg_catalog.citus_stat_tenants(boolean)', 'EXECUTE') THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE $q$
+        SELECT jsonb_build_object(
+                   'query_count_in_this_period', coalesce(sum(query_count_in_this_period), 0),
+                   'query_count_in_last_period', coalesce(sum(query_count_in_last_period), 0),
+                   'read_count_in_this_period', coalesce(sum(read_count_in_this_period), 0),
+                   'read_count_in_last_period', coalesce(sum(read_count_in_last_period), 0),
+                   'cpu_usage_in_this_period', coalesce(sum(cpu_usage_in_this_period), 0),
+                   'cpu_usage_in_last_period', coalesce(sum(cpu_usage_in_last_period), 0))
+        FROM pg_catalog.citus_stat_tenants(true) WHERE tenant_attribute = $1 AND colocation_id = $2
+    $q$ INTO counts USING attribute, colocation;
+    RETURN counts;
 END
 $$;
 
@@ -84,6 +134,7 @@ DECLARE
     hypertables jsonb;
     chunk_bytes bigint := 0;
     owner_now text;
+    placed jsonb;
 BEGIN
     IF tenant IS NULL THEN
         RETURN tenancy.health();  -- DESIGN's health(tenant DEFAULT NULL)
@@ -129,6 +180,12 @@ BEGIN
                 'template_version', t.template_version, 'shared_schema', schema_now,
                 'rows', per_table, 'row_count', row_estimate, 'writes_refused_since', t.over_quota_since,
                 'activity', tenancy._activity_of(t.id))
+                -- on Citus: the node that holds its rows, Citus's counts of its queries
+                || coalesce((SELECT jsonb_build_object('citus', p || jsonb_strip_nulls(jsonb_build_object(
+                                        'stat_tenants', tenancy._citus_stat_tenant(t.id::text, (p->>'colocation_id')::integer))))
+                             FROM tenancy._citus_placement(schema_now,
+                                      (SELECT tbl FROM tenancy._shared_tables(schema_now) tbl LIMIT 1), t.id) p
+                             WHERE p IS NOT NULL), '{}')
                 || tenancy._tenant_score(jsonb_build_object('status', t.status, 'template', t.template,
                                                             'template_version', t.template_version,
                                                             'over_quota_since', t.over_quota_since::text));
@@ -176,6 +233,10 @@ BEGIN
         $q$ INTO hypertables, chunk_bytes USING schema_now;
         size_bytes := size_bytes + chunk_bytes;
     END IF;
+    -- on Citus the tables here are empty shells: the rows are in their
+    -- shards on a worker node
+    placed := tenancy._citus_placement(schema_now);
+    size_bytes := size_bytes + coalesce((placed->>'shard_bytes')::bigint, 0);
     SELECT count(*) INTO conns FROM pg_stat_activity a
     WHERE a.datname = current_database() AND a.usename = t.role_name;
 
@@ -194,9 +255,9 @@ BEGIN
         'hypertables', hypertables,
         'max_users', t.max_users, 'max_storage_bytes', t.max_storage_bytes,
         'writes_refused_since', t.over_quota_since, 'activity', tenancy._activity_of(t.id))
-        -- on Citus: the node that holds it
-        || coalesce((SELECT jsonb_build_object('citus', p) FROM tenancy._citus_placement(schema_now) p
-                     WHERE p IS NOT NULL), '{}')
+        -- on Citus: the node that holds it, Citus's counts of its queries
+        || CASE WHEN placed IS NOT NULL THEN jsonb_build_object('citus', placed || jsonb_strip_nulls(
+                   jsonb_build_object('stat_tenants', tenancy._citus_stat_tenant(schema_now, (placed->>'colocation_id')::integer)))) ELSE '{}' END
         || tenancy._tenant_score(jsonb_build_object(
                'over_quota_since', t.over_quota_since::text,
                'status', t.status, 'template', t.template, 'template_version', t.template_version,

@@ -24,7 +24,7 @@ def citus():
     the README says a superuser does on Citus)."""
     if not citus_cluster.installed(PG_BIN):
         skip_without("citus", "Citus is not installed (built from its source; see README, Scale-out on Citus)")
-    cluster = citus_cluster.Cluster(PG_BIN, conf="fsync = off\ntenancy.naptime = 200\n")
+    cluster = citus_cluster.Cluster(PG_BIN, conf="fsync = off\ntenancy.naptime = 200\ncitus.stat_tenants_track = 'all'\n")
     try:
         with cluster.connect() as c:
             c.execute("CREATE EXTENSION tenancy")  # Citus creates it on the workers too
@@ -236,6 +236,17 @@ def test_sizes_and_placement_come_from_the_shards(citus):
         with pytest.raises(errors.ConfigurationLimitExceeded):
             t.execute("INSERT INTO tenant_kilo.users (email) VALUES ('one.more@kilo.example')")
         assert t.execute("SELECT count(*) FROM tenant_kilo.users").fetchone()[0] == 5000
+        for _ in range(3):
+            t.execute("SELECT email FROM tenant_kilo.users WHERE email = 'u1@kilo.example'").fetchall()
+    # health(tenant): its node, its shards' bytes, Citus's counts of its queries
+    with citus.connect(user=citus.admin) as a:
+        h = a.execute("SELECT tenancy.health('kilo')").fetchone()[0]
+    with citus.connect() as c:
+        node = c.execute("SELECT DISTINCT nodename || ':' || nodeport FROM citus_shards "
+                         "WHERE table_name::text LIKE 'tenant_kilo.%'").fetchall()
+    assert [h["citus"]["node"]] == [n[0] for n in node], (h["citus"], node)
+    assert h["size_bytes"] >= h["citus"]["shard_bytes"] > 100_000, h
+    assert h["citus"]["stat_tenants"]["query_count_in_this_period"] >= 4, h["citus"]
 
 
 def test_a_templates_code_never_runs_as_a_superuser_on_citus(citus):
@@ -464,6 +475,17 @@ def test_sizes_of_shared_tenants_come_from_the_shards(citus, shared):
             assert t.execute("SELECT count(*) FROM shared_crm.accounts WHERE tenant_id = %s",
                              (shared["sh8"],)).fetchone()[0] == 3000
             t.execute("DELETE FROM shared_crm.accounts WHERE id <= 10")  # deletes are allowed
+            for _ in range(3):  # routed to its shard by its id: counted for it by Citus
+                t.execute("SELECT count(*) FROM shared_crm.accounts WHERE tenant_id = %s", (shared["sh8"],))
+        with citus.connect(user=citus.admin) as a:
+            h = a.execute("SELECT tenancy.health('sh8')").fetchone()[0]
+        with citus.connect() as c:
+            node = c.execute("SELECT nodename || ':' || nodeport FROM citus_shards WHERE shardid = "
+                             "get_shard_id_for_distribution_column('shared_crm.accounts', %s)", (shared["sh8"],)).fetchone()[0]
+            rows = c.execute("SELECT count(*) FROM shared_crm.accounts WHERE tenant_id = %s", (shared["sh8"],)).fetchone()[0]
+        assert h["row_count"] == rows >= 2990, (h, rows)
+        assert h["citus"]["node"] == node, (h["citus"], node)
+        assert h["citus"]["stat_tenants"]["query_count_in_this_period"] >= 3, h["citus"]
     finally:
         with citus.connect() as c:
             c.execute("SELECT tenancy.bulk_update('{sh8}', '{\"max_storage_bytes\": null}')")
