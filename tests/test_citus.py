@@ -265,7 +265,36 @@ def test_a_templates_code_never_runs_as_a_superuser_on_citus(citus):
             a.execute("SELECT tenancy.register_template(%s, %s)", (name, json.dumps(spec)))
             with pytest.raises(errors.FeatureNotSupported, match="only built-in functions"):
                 a.execute("SELECT tenancy.provision(%s, NULL, %s)", (slug, name))
-        # an index of built-in code is fine
+        # nor a generated column, a default, a check (of the table or of a
+        # domain): the hostile review's way in was a generated column, its
+        # function placed on the workers by a first tenant's default
+        for slug, name, table in (
+                ("tp4", "trapped_generated", "CREATE TABLE s (id int PRIMARY KEY, g int GENERATED ALWAYS AS (k(1)) STORED)"),
+                ("tp5", "trapped_default", "CREATE TABLE s (id int PRIMARY KEY, d int DEFAULT k(1))"),
+                ("tp6", "trapped_check", "CREATE TABLE s (id int PRIMARY KEY CHECK (k(id) >= 0))"),
+                ("tp7", "trapped_domain", "CREATE DOMAIN kd AS int CHECK (k(VALUE) >= 0); CREATE TABLE s (id kd)")):
+            spec = {"tables": [trap, *table.split("; ")]}
+            a.execute("SELECT tenancy.register_template(%s, %s)", (name, json.dumps(spec)))
+            with pytest.raises(errors.FeatureNotSupported, match="only built-in functions"):
+                a.execute("SELECT tenancy.provision(%s, NULL, %s)", (slug, name))
+        assert a.execute("SELECT count(*) FROM tenancy.tenants WHERE slug LIKE 'tp_'").fetchone()[0] == 0
+        # nor can a migration add one later (Citus computes generated columns
+        # and checks as a superuser when it copies a shard to another node)
+        a.execute("SELECT tenancy.register_template('migrated', %s)",
+                  (json.dumps({"tables": [trap, "CREATE TABLE s (id int PRIMARY KEY)"]}),))
+        a.execute("SELECT tenancy.provision('tp8', NULL, 'migrated')")
+        a.execute("SELECT tenancy.register_template('migrated', %s)",
+                  (json.dumps({"tables": [trap, "CREATE TABLE s (id int PRIMARY KEY)"],
+                               # the default has Citus place k on the workers
+                               "migrations": ["ALTER TABLE s ADD COLUMN d int DEFAULT k(1)",
+                                              "ALTER TABLE s ADD COLUMN g int GENERATED ALWAYS AS (k(2)) STORED"]}),))
+        run = a.execute("SELECT tenancy.migrate('migrated', 2)").fetchone()[0]
+        assert a.execute("SELECT tenancy.wait_batch(%s, '120 s')", (run,)).fetchone()[0] == "failed"
+        assert a.execute("SELECT last_sqlstate, last_error ~ 'only built-in functions' FROM tenancy.batch_items "
+                         "WHERE batch_id = %s", (run,)).fetchone() == ("0A000", True)
+        assert a.execute("SELECT template_version FROM tenancy.tenants WHERE slug = 'tp8'").fetchone()[0] == 1
+        # a default of the extension's own functions is fine (shared tables'
+        # tenant_id), as is an index of built-in code
         spec = {"tables": ["CREATE TABLE s (id int PRIMARY KEY, e text)", "CREATE INDEX s_l ON s (lower(e)) WHERE id > 0"]}
         a.execute("SELECT tenancy.register_template('plain_index', %s)", (json.dumps(spec),))
         a.execute("SELECT tenancy.provision('lima', NULL, 'plain_index')")
@@ -417,6 +446,12 @@ def test_a_tenant_cannot_forge_its_context_on_the_workers(citus, shared):
     with citus.connect(node, user=mallory) as w:
         with pytest.raises(errors.InsufficientPrivilege), w.transaction():
             w.execute(f"SET LOCAL tenancy.tenant_proof = '{forged}'")
+    # on the coordinator, calling itself a Citus connection changes nothing:
+    # Citus would send the proof on (the hostile review replayed a proof so)
+    with citus.connect(user=mallory, application_name="citus_internal gpid=10000000002") as t:
+        with pytest.raises(errors.InsufficientPrivilege, match="tenant_proof"), t.transaction():
+            t.execute("SET LOCAL citus.propagate_set_commands = 'local'")
+            t.execute(f"SET LOCAL tenancy.tenant_proof = '{forged}'")
     with citus.connect(node, user=mallory, application_name="citus_internal gpid=10000000001") as w, w.transaction():
         w.execute(f"SET LOCAL tenancy.tenant_proof = '{forged}'")
         assert w.execute("SELECT tenancy.current_tenant_id()").fetchone()[0] is None

@@ -72,6 +72,9 @@ pub fn migrate_tenant(tenant_id: Uuid, to_version: i32) -> i32 {
         // a table the migration added, made a tenant table on Citus
         crate::citus::distribute_new_tables(&schema);
     });
+    // on Citus nothing the migration made may call a user's code where
+    // Citus runs it as a superuser (a shard's copy to another node)
+    crate::citus::refuse_calls_in(&schema);
     // objects the migration made are the tenant role's already: the schema
     // has default privileges for it (see roles::setup_tenant_role)
     Spi::run_with_args(

@@ -133,10 +133,8 @@ pub fn local_ddl() -> Option<GucScope> {
 /// them colocated on one node. With the extension's rights: Citus sends the
 /// schema's owner role to the workers, which takes a superuser. So that no
 /// code of the template's runs with those rights, the schema must hold only
-/// empty tables (a copy of rows would run their index expressions and
-/// defaults) and no index or statistics object calling a function or
-/// operator that is not built in (Citus plans a look at each table, and the
-/// planner evaluates those expressions).
+/// empty tables and no table that calls a function of a user's
+/// (`refuse_code_in`).
 pub fn distribute_schema(schema: &str) {
     if !installed() {
         return;
@@ -153,54 +151,86 @@ pub fn distribute_schema(schema: &str) {
 
 /// Fails with 0A000 when code of a template's could run while `schema` is
 /// distributed with the extension's rights: a table with rows (their copy
-/// runs index expressions and defaults), or an index or statistics object
-/// that calls a function or operator that is not built in (Citus plans a
-/// look at each table, and the planner evaluates those expressions).
+/// runs index expressions and defaults), or one that calls a function of a
+/// user's (`refuse_calls_in`).
 fn refuse_code_in(schema: &str) {
-    let ns = tenancy_core::ident::quote_ident(schema);
-    let refuse = |what: String, hint: &str| -> ! {
-        raise_with(
-            sqlstate("0A000"),
-            what,
-            Some("A tenant or shared schema is distributed with the extension's rights, so only while nothing in it can run code.".into()),
-            Some(hint.into()),
-        )
-    };
     let filled = Spi::get_one_with_args::<String>(
         "SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid) FROM pg_class c \
          WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace AND c.relkind OPERATOR(pg_catalog.=) 'r' \
            AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0",
-        &[ns.clone().into()],
+        &[tenancy_core::ident::quote_ident(schema).into()],
     )
     .or_raise();
     if let Some(tables) = filled {
-        refuse(
+        refuse_code(
             format!("on Citus a template's statements may not write rows: {tables} has some"),
             "Add the rows after the tenant is provisioned.",
         )
     }
-    // an index, or statistics on a table of the schema, that depends on a
-    // function or operator made by a user (oid past the bootstrap range)
+    refuse_calls_in(schema);
+}
+
+/// Fails with 0A000 when a table of `schema` calls a function or operator
+/// that is neither built in nor an extension's (made by a user: a
+/// template's or a migration's) from a default, a generated column, a check
+/// constraint (of the table or of a domain of the schema), an index or a
+/// statistics object. Citus runs such code with a superuser's rights:
+/// planning a look at each table when it distributes the schema (the
+/// planner folds a call with constant arguments), and computing generated
+/// columns, checks and index entries when it copies a shard to another
+/// node (`move_tenant_node`, Citus's rebalancer). Not refused: triggers
+/// (Citus makes them on a copy after its rows are in), views and policies
+/// (they run as the querying role).
+pub fn refuse_calls_in(schema: &str) {
+    if !installed() {
+        return;
+    }
+    let _scope = quiet_scope();
     let calling = Spi::get_one_with_args::<String>(
-        "SELECT string_agg(DISTINCT x.name, ', ') FROM ( \
+        "WITH t AS (SELECT c.oid FROM pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace \
+                    AND c.relkind IN ('r', 'p', 'f')), \
+         x AS ( \
            SELECT c.oid::regclass::text AS name, c.oid AS obj, 'pg_class'::regclass AS cls FROM pg_class c \
            WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace AND c.relkind IN ('i', 'I') \
            UNION ALL \
            SELECT s.stxname::text, s.oid, 'pg_statistic_ext'::regclass FROM pg_statistic_ext s \
-           JOIN pg_class t ON t.oid OPERATOR(pg_catalog.=) s.stxrelid \
-           WHERE t.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace) x \
+           WHERE s.stxrelid IN (SELECT oid FROM t) \
+           UNION ALL \
+           SELECT pg_catalog.format('%s.%I', d.adrelid::regclass, a.attname), d.oid, 'pg_attrdef'::regclass \
+           FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.adrelid \
+                AND a.attnum OPERATOR(pg_catalog.=) d.adnum \
+           WHERE d.adrelid IN (SELECT oid FROM t) \
+           UNION ALL \
+           SELECT k.conname::text, k.oid, 'pg_constraint'::regclass FROM pg_constraint k \
+           WHERE k.conrelid IN (SELECT oid FROM t) \
+              OR (k.contypid OPERATOR(pg_catalog.<>) 0 AND k.connamespace OPERATOR(pg_catalog.=) $1::regnamespace) \
+           UNION ALL \
+           SELECT y.oid::regtype::text, y.oid, 'pg_type'::regclass FROM pg_type y \
+           WHERE y.typnamespace OPERATOR(pg_catalog.=) $1::regnamespace AND y.typtype OPERATOR(pg_catalog.=) 'd') \
+         SELECT string_agg(DISTINCT x.name, ', ') FROM x \
          JOIN pg_depend d ON d.classid OPERATOR(pg_catalog.=) x.cls AND d.objid OPERATOR(pg_catalog.=) x.obj \
          WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass) \
-           AND d.refobjid OPERATOR(pg_catalog.>=) 16384::oid",
-        &[ns.clone().into()],
+           AND d.refobjid OPERATOR(pg_catalog.>=) 16384::oid \
+           AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid OPERATOR(pg_catalog.=) d.refclassid \
+                           AND e.objid OPERATOR(pg_catalog.=) d.refobjid AND e.deptype OPERATOR(pg_catalog.=) 'e')",
+        &[tenancy_core::ident::quote_ident(schema).into()],
     )
     .or_raise();
     if let Some(objects) = calling {
-        refuse(
-            format!("on Citus an index or statistics object of a template may call only built-in functions and operators: {objects} does not"),
-            "Index the column itself, or add that index after the tenant is provisioned.",
+        refuse_code(
+            format!("on Citus a tenant's tables may call only built-in functions and operators and those of extensions: {objects} does not"),
+            "Compute the value in the application or in a trigger (which Citus's copies do not fire), or index the column itself.",
         )
     }
+}
+
+fn refuse_code(what: String, hint: &str) -> ! {
+    raise_with(
+        sqlstate("0A000"),
+        what,
+        Some("Citus distributes a tenant's tables and copies their shards between nodes with a superuser's rights, so no code of a template's or a migration's may run then.".into()),
+        Some(hint.into()),
+    )
 }
 
 /// The tables of a distributed `schema` that Citus left local (a migration's

@@ -13,8 +13,8 @@
 //! by the coordinator into `tenancy.citus_node_keys`). A worker believes a
 //! proof only with a MAC its key made, so no session can name a tenant there
 //! that it could not set on the coordinator. On the coordinator no session
-//! sets the proof itself (the check hook below), nor reads it
-//! (`GUC_SUPERUSER_ONLY`).
+//! sets the proof itself, whatever it calls itself (the check hook below),
+//! nor reads it (`GUC_SUPERUSER_ONLY`).
 
 use crate::error::{raise_with, sqlstate, OrRaise};
 use crate::guc_scope::GucScope;
@@ -194,9 +194,12 @@ pub fn forget_at_end() {
 }
 
 /// The check hook of `tenancy.tenant_proof`: a session sets it only through
-/// `set_tenant` on the coordinator, or (on a worker) over a connection of
-/// Citus's, which sends the coordinator's `SET LOCAL`. An empty value
-/// (none) is always allowed.
+/// `set_tenant` on the coordinator, or on a worker node over a connection
+/// of Citus's, which sends the coordinator's `SET LOCAL`, in a transaction.
+/// Not on the coordinator, whatever its application_name: Citus would send
+/// it on to the workers, and a tenant that saw its own proof (Citus's
+/// `log_remote_commands`) could set it again in a later transaction. An
+/// empty value (none) is always allowed.
 #[pg_guard]
 pub unsafe extern "C-unwind" fn check_proof(
     newval: *mut *mut std::ffi::c_char,
@@ -204,16 +207,24 @@ pub unsafe extern "C-unwind" fn check_proof(
     _source: pg_sys::GucSource::Type,
 ) -> bool {
     let empty = newval.is_null() || (*newval).is_null() || *(*newval) == 0;
-    if empty || SETTING.with(|s| s.get()) || citus_connection() {
+    if empty
+        || SETTING.with(|s| s.get())
+        || (citus_connection() && pg_sys::IsTransactionState() && node().is_some())
+    {
         return true;
     }
     pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32);
+    pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(
+        c"tenancy.tenant_proof is set by tenancy.set_tenant on the Citus coordinator, which Citus sends to the worker nodes."
+            .as_ptr(),
+    );
     false
 }
 
 /// The session is one Citus opened to this node (its application_name says
 /// so; Citus's own internal functions trust the same sign). That alone gives
-/// nothing: a proof is believed only with this node's MAC.
+/// nothing: a proof is believed only with this node's MAC, and only on a
+/// worker node.
 fn citus_connection() -> bool {
     let name = unsafe { pg_sys::application_name };
     !name.is_null()
