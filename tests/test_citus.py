@@ -272,12 +272,20 @@ def test_a_templates_code_never_runs_as_a_superuser_on_citus(citus):
                 ("tp4", "trapped_generated", "CREATE TABLE s (id int PRIMARY KEY, g int GENERATED ALWAYS AS (k(1)) STORED)"),
                 ("tp5", "trapped_default", "CREATE TABLE s (id int PRIMARY KEY, d int DEFAULT k(1))"),
                 ("tp6", "trapped_check", "CREATE TABLE s (id int PRIMARY KEY CHECK (k(id) >= 0))"),
-                ("tp7", "trapped_domain", "CREATE DOMAIN kd AS int CHECK (k(VALUE) >= 0); CREATE TABLE s (id kd)")):
+                ("tp7", "trapped_domain", "CREATE DOMAIN kd AS int CHECK (k(VALUE) >= 0); CREATE TABLE s (id kd)"),
+                # the second hostile review's way: a partition key's call,
+                # folded where Citus loads the key as a superuser
+                ("tp9", "trapped_partition_key", "CREATE TABLE s (id int, v int) PARTITION BY RANGE ((v + k(0))); "
+                                                 "CREATE TABLE s_1 PARTITION OF s FOR VALUES FROM (0) TO (10)"),
+                ("tp10", "trapped_range", "CREATE FUNCTION kdiff(a int4, b int4) RETURNS float8 LANGUAGE sql IMMUTABLE "
+                                          "AS 'SELECT (b - a + k(0))::float8'; "
+                                          "CREATE TYPE kr AS RANGE (subtype = int4, subtype_diff = kdiff); "
+                                          "CREATE TABLE s (id int PRIMARY KEY, r kr)")):
             spec = {"tables": [trap, *table.split("; ")]}
             a.execute("SELECT tenancy.register_template(%s, %s)", (name, json.dumps(spec)))
             with pytest.raises(errors.FeatureNotSupported, match="only built-in functions"):
                 a.execute("SELECT tenancy.provision(%s, NULL, %s)", (slug, name))
-        assert a.execute("SELECT count(*) FROM tenancy.tenants WHERE slug LIKE 'tp_'").fetchone()[0] == 0
+        assert a.execute("SELECT count(*) FROM tenancy.tenants WHERE slug LIKE 'tp%'").fetchone()[0] == 0
         # nor can a migration add one later (Citus computes generated columns
         # and checks as a superuser when it copies a shard to another node)
         a.execute("SELECT tenancy.register_template('migrated', %s)",

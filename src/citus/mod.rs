@@ -100,6 +100,34 @@ pub fn ensure_owner_reaches_workers() {
             )),
         )
     }
+    // a database whose CONNECT was taken from PUBLIC (Citus sends the
+    // GRANTs on it to the workers)
+    let connects = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.has_database_privilege($1, pg_catalog.current_database(), 'CONNECT')",
+        &[owner.clone().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !connects {
+        raise_with(
+            sqlstate("55000"),
+            format!("on Citus the role {owner} must be able to connect to this database"),
+            Some("Citus connects to the worker nodes as the role running a statement, and tenant schemas are built, migrated and moved as that role.".into()),
+            Some(format!(
+                "A superuser runs GRANT CONNECT ON DATABASE {} TO {}.",
+                tenancy_core::ident::quote_ident(&current_database()),
+                tenancy_core::ident::quote_ident(&owner)
+            )),
+        )
+    }
+}
+
+fn current_database() -> String {
+    Spi::get_one::<String>("SELECT pg_catalog.current_database()::text")
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// Runs `f` (which creates a schema) with Citus's schema-based sharding off,
@@ -172,26 +200,30 @@ fn refuse_code_in(schema: &str) {
 
 /// Fails with 0A000 when a table of `schema` calls a function or operator
 /// that is neither built in nor an extension's (made by a user: a
-/// template's or a migration's) from a default, a generated column, a check
-/// constraint (of the table or of a domain of the schema), an index or a
-/// statistics object. Citus runs such code with a superuser's rights:
-/// planning a look at each table when it distributes the schema (the
-/// planner folds a call with constant arguments), and computing generated
-/// columns, checks and index entries when it copies a shard to another
-/// node (`move_tenant_node`, Citus's rebalancer). Not refused: triggers
-/// (Citus makes them on a copy after its rows are in), views and policies
-/// (they run as the querying role).
+/// template's or a migration's) from its partition key, a default, a
+/// generated column, a check constraint (of the table or of a domain of
+/// the schema), an index or a statistics object, or a type of the schema
+/// does. Citus runs such code with a superuser's rights: it makes and drops
+/// shards over a superuser's connections (loading a partition key or an
+/// index into the relation cache folds a call with constant arguments, as
+/// planning does), and computes generated columns, checks and index entries
+/// when it copies a shard to another node (`move_tenant_node`, Citus's
+/// rebalancer). Not refused: triggers (Citus makes them on a copy after its
+/// rows are in), views and policies (they run as the querying role).
 pub fn refuse_calls_in(schema: &str) {
     if !installed() {
         return;
     }
     let _scope = quiet_scope();
+    // every object of the schema and what hangs on its tables: relations
+    // of any kind (a partitioned table itself holds its partition key's
+    // calls; indexes, sequences), defaults and generated columns, checks of
+    // tables and of domains, statistics objects, types
     let calling = Spi::get_one_with_args::<String>(
-        "WITH t AS (SELECT c.oid FROM pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace \
-                    AND c.relkind IN ('r', 'p', 'f')), \
+        "WITH t AS (SELECT c.oid FROM pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace), \
          x AS ( \
            SELECT c.oid::regclass::text AS name, c.oid AS obj, 'pg_class'::regclass AS cls FROM pg_class c \
-           WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace AND c.relkind IN ('i', 'I') \
+           WHERE c.oid IN (SELECT oid FROM t) \
            UNION ALL \
            SELECT s.stxname::text, s.oid, 'pg_statistic_ext'::regclass FROM pg_statistic_ext s \
            WHERE s.stxrelid IN (SELECT oid FROM t) \
@@ -203,10 +235,10 @@ pub fn refuse_calls_in(schema: &str) {
            UNION ALL \
            SELECT k.conname::text, k.oid, 'pg_constraint'::regclass FROM pg_constraint k \
            WHERE k.conrelid IN (SELECT oid FROM t) \
-              OR (k.contypid OPERATOR(pg_catalog.<>) 0 AND k.connamespace OPERATOR(pg_catalog.=) $1::regnamespace) \
+              OR k.connamespace OPERATOR(pg_catalog.=) $1::regnamespace \
            UNION ALL \
            SELECT y.oid::regtype::text, y.oid, 'pg_type'::regclass FROM pg_type y \
-           WHERE y.typnamespace OPERATOR(pg_catalog.=) $1::regnamespace AND y.typtype OPERATOR(pg_catalog.=) 'd') \
+           WHERE y.typnamespace OPERATOR(pg_catalog.=) $1::regnamespace) \
          SELECT string_agg(DISTINCT x.name, ', ') FROM x \
          JOIN pg_depend d ON d.classid OPERATOR(pg_catalog.=) x.cls AND d.objid OPERATOR(pg_catalog.=) x.obj \
          WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass) \
@@ -426,6 +458,7 @@ fn move_tenant_node(tenant: &str, node: &str) -> String {
         )
     }
     ensure_coordinator("tenancy.move_tenant_node");
+    ensure_owner_reaches_workers();
     let Some((host, port)) = node
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_string(), p.parse::<i32>().ok()?)))
@@ -454,6 +487,9 @@ fn move_tenant_node(tenant: &str, node: &str) -> String {
             None,
         ),
     };
+    // Citus copies the shards as a superuser: a tenant made before this
+    // rule held (refuse_calls_in) is refused here, not run
+    refuse_calls_in(&schema);
     let scope = quiet_scope();
     let node_id = Spi::get_one_with_args::<i32>(
         "SELECT nodeid FROM pg_dist_node WHERE nodename = $1 AND nodeport = $2 \
