@@ -280,7 +280,10 @@ def test_a_templates_code_never_runs_as_a_superuser_on_citus(citus):
                 ("tp10", "trapped_range", "CREATE FUNCTION kdiff(a int4, b int4) RETURNS float8 LANGUAGE sql IMMUTABLE "
                                           "AS 'SELECT (b - a + k(0))::float8'; "
                                           "CREATE TYPE kr AS RANGE (subtype = int4, subtype_diff = kdiff); "
-                                          "CREATE TABLE s (id int PRIMARY KEY, r kr)")):
+                                          "CREATE TABLE s (id int PRIMARY KEY, r kr)"),
+                # a built-in that runs a query given as text
+                ("tp11", "trapped_query_text", "CREATE TABLE s (id int PRIMARY KEY "
+                                               "CHECK (query_to_xml('SELECT k(' || id || ')', true, true, '') IS NOT NULL))")):
             spec = {"tables": [trap, *table.split("; ")]}
             a.execute("SELECT tenancy.register_template(%s, %s)", (name, json.dumps(spec)))
             with pytest.raises(errors.FeatureNotSupported, match="only built-in functions"):

@@ -218,7 +218,10 @@ pub fn refuse_calls_in(schema: &str) {
     // every object of the schema and what hangs on its tables: relations
     // of any kind (a partitioned table itself holds its partition key's
     // calls; indexes, sequences), defaults and generated columns, checks of
-    // tables and of domains, statistics objects, types
+    // tables and of domains, statistics objects, types. Built-in functions
+    // that run a query given as text (or read a view, whose calls run as
+    // the reader) count as a user's code: pg_depend holds no built-in
+    // (pinned) function, so those are found in the expressions' text.
     let calling = Spi::get_one_with_args::<String>(
         "WITH t AS (SELECT c.oid FROM pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace), \
          x AS ( \
@@ -239,12 +242,28 @@ pub fn refuse_calls_in(schema: &str) {
            UNION ALL \
            SELECT y.oid::regtype::text, y.oid, 'pg_type'::regclass FROM pg_type y \
            WHERE y.typnamespace OPERATOR(pg_catalog.=) $1::regnamespace) \
-         SELECT string_agg(DISTINCT x.name, ', ') FROM x \
+         SELECT string_agg(DISTINCT n, ', ') FROM ( \
+         SELECT x.name AS n FROM x \
          JOIN pg_depend d ON d.classid OPERATOR(pg_catalog.=) x.cls AND d.objid OPERATOR(pg_catalog.=) x.obj \
          WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass) \
            AND d.refobjid OPERATOR(pg_catalog.>=) 16384::oid \
            AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid OPERATOR(pg_catalog.=) d.refclassid \
-                           AND e.objid OPERATOR(pg_catalog.=) d.refobjid AND e.deptype OPERATOR(pg_catalog.=) 'e')",
+                           AND e.objid OPERATOR(pg_catalog.=) d.refobjid AND e.deptype OPERATOR(pg_catalog.=) 'e') \
+         UNION ALL \
+         SELECT x.name FROM ( \
+           SELECT pg_catalog.format('%s.%I', d.adrelid::regclass, a.attname) AS name, \
+                  pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS def \
+           FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.adrelid \
+                AND a.attnum OPERATOR(pg_catalog.=) d.adnum WHERE d.adrelid IN (SELECT oid FROM t) \
+           UNION ALL SELECT k.conname::text, pg_catalog.pg_get_constraintdef(k.oid) FROM pg_constraint k \
+           WHERE k.conrelid IN (SELECT oid FROM t) OR k.connamespace OPERATOR(pg_catalog.=) $1::regnamespace \
+           UNION ALL SELECT i.indexrelid::regclass::text, pg_catalog.pg_get_indexdef(i.indexrelid) FROM pg_index i \
+           WHERE i.indrelid IN (SELECT oid FROM t) \
+           UNION ALL SELECT c.oid::regclass::text, pg_catalog.pg_get_partkeydef(c.oid) FROM pg_class c \
+           WHERE c.oid IN (SELECT oid FROM t) AND c.relkind OPERATOR(pg_catalog.=) 'p' \
+           UNION ALL SELECT s.stxname::text, pg_catalog.pg_get_statisticsobjdef(s.oid) FROM pg_statistic_ext s \
+           WHERE s.stxrelid IN (SELECT oid FROM t)) x \
+         WHERE x.def OPERATOR(pg_catalog.~) '(_to_xml[a-z_]*|\\mts_stat|\\mts_rewrite)\\s*\\(') calls",
         &[tenancy_core::ident::quote_ident(schema).into()],
     )
     .or_raise();
