@@ -289,6 +289,20 @@ def test_a_templates_code_never_runs_as_a_superuser_on_citus(citus):
             with pytest.raises(errors.FeatureNotSupported, match="only built-in functions"):
                 a.execute("SELECT tenancy.provision(%s, NULL, %s)", (slug, name))
         assert a.execute("SELECT count(*) FROM tenancy.tenants WHERE slug LIKE 'tp%'").fetchone()[0] == 0
+        # the third hostile review's way: the code in another schema the
+        # owner role owns (another tenant's), reached only through a type: a
+        # partition key's cast to a domain whose check calls it
+        a.execute("SELECT tenancy.register_template('lib', %s)", (json.dumps(
+            {"shared_tables": ["CREATE TABLE books (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant_id(), "
+                               "id int, PRIMARY KEY (tenant_id, id))"]}),))
+        a.execute("SELECT tenancy.provision('reader', NULL, 'lib', '{\"isolation\": \"shared\"}')")
+        spec = {"tables": [trap.replace("FUNCTION k(", "FUNCTION shared_lib.k("),
+                           "CREATE DOMAIN shared_lib.kd AS int CHECK (shared_lib.k(1) >= 0)",
+                           "CREATE TABLE p (a int) PARTITION BY LIST ((a::shared_lib.kd))",
+                           "CREATE TABLE p1 PARTITION OF p FOR VALUES IN (1)"]}
+        a.execute("SELECT tenancy.register_template('trapped_elsewhere', %s)", (json.dumps(spec),))
+        with pytest.raises(errors.FeatureNotSupported, match=r"only built-in functions.*shared_lib\.k\(integer\)"):
+            a.execute("SELECT tenancy.provision('tp12', NULL, 'trapped_elsewhere')")
         # nor can a migration add one later (Citus computes generated columns
         # and checks as a superuser when it copies a shard to another node)
         a.execute("SELECT tenancy.register_template('migrated', %s)",

@@ -198,78 +198,89 @@ fn refuse_code_in(schema: &str) {
     refuse_calls_in(schema);
 }
 
-/// Fails with 0A000 when a table of `schema` calls a function or operator
-/// that is neither built in nor an extension's (made by a user: a
-/// template's or a migration's) from its partition key, a default, a
-/// generated column, a check constraint (of the table or of a domain of
-/// the schema), an index or a statistics object, or a type of the schema
-/// does. Citus runs such code with a superuser's rights: it makes and drops
-/// shards over a superuser's connections (loading a partition key or an
-/// index into the relation cache folds a call with constant arguments, as
-/// planning does), and computes generated columns, checks and index entries
-/// when it copies a shard to another node (`move_tenant_node`, Citus's
-/// rebalancer). Not refused: triggers (Citus makes them on a copy after its
-/// rows are in), views and policies (they run as the querying role).
+/// Fails with 0A000 when what `schema` holds reaches a function or
+/// operator that is neither built in nor an extension's (made by a user: a
+/// template's or a migration's), or a built-in that runs a query given as
+/// text (query_to_xml and its kind, ts_stat, ts_rewrite). Citus runs such
+/// code with a superuser's rights: it makes and drops shards over a
+/// superuser's connections (loading a partition key, an index or a domain's
+/// checks into a cache folds a call with constant arguments, as planning
+/// does), and computes generated columns, checks and index entries when it
+/// copies a shard. Reached means through the dependencies, wherever they
+/// lead: a table's partition key, defaults, generated columns, checks,
+/// indexes and statistics, the types of its columns and of its expressions
+/// (a domain's checks and default, in any schema), a range type's
+/// functions, a table it inherits or references. Not followed: triggers
+/// (Citus makes them on a copy after its rows are in), views, rules and
+/// policies (they run as the querying role).
 pub fn refuse_calls_in(schema: &str) {
     if !installed() {
         return;
     }
     let _scope = quiet_scope();
-    // every object of the schema and what hangs on its tables: relations
-    // of any kind (a partitioned table itself holds its partition key's
-    // calls; indexes, sequences), defaults and generated columns, checks of
-    // tables and of domains, statistics objects, types. Built-in functions
-    // that run a query given as text (or read a view, whose calls run as
-    // the reader) count as a user's code: pg_depend holds no built-in
-    // (pinned) function, so those are found in the expressions' text.
     let calling = Spi::get_one_with_args::<String>(
-        "WITH t AS (SELECT c.oid FROM pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace), \
-         x AS ( \
-           SELECT c.oid::regclass::text AS name, c.oid AS obj, 'pg_class'::regclass AS cls FROM pg_class c \
-           WHERE c.oid IN (SELECT oid FROM t) \
-           UNION ALL \
-           SELECT s.stxname::text, s.oid, 'pg_statistic_ext'::regclass FROM pg_statistic_ext s \
-           WHERE s.stxrelid IN (SELECT oid FROM t) \
-           UNION ALL \
-           SELECT pg_catalog.format('%s.%I', d.adrelid::regclass, a.attname), d.oid, 'pg_attrdef'::regclass \
-           FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.adrelid \
-                AND a.attnum OPERATOR(pg_catalog.=) d.adnum \
-           WHERE d.adrelid IN (SELECT oid FROM t) \
-           UNION ALL \
-           SELECT k.conname::text, k.oid, 'pg_constraint'::regclass FROM pg_constraint k \
-           WHERE k.conrelid IN (SELECT oid FROM t) \
-              OR k.connamespace OPERATOR(pg_catalog.=) $1::regnamespace \
-           UNION ALL \
-           SELECT y.oid::regtype::text, y.oid, 'pg_type'::regclass FROM pg_type y \
-           WHERE y.typnamespace OPERATOR(pg_catalog.=) $1::regnamespace) \
-         SELECT string_agg(DISTINCT n, ', ') FROM ( \
-         SELECT x.name AS n FROM x \
-         JOIN pg_depend d ON d.classid OPERATOR(pg_catalog.=) x.cls AND d.objid OPERATOR(pg_catalog.=) x.obj \
-         WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass) \
-           AND d.refobjid OPERATOR(pg_catalog.>=) 16384::oid \
-           AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid OPERATOR(pg_catalog.=) d.refclassid \
-                           AND e.objid OPERATOR(pg_catalog.=) d.refobjid AND e.deptype OPERATOR(pg_catalog.=) 'e') \
-         UNION ALL \
-         SELECT x.name FROM ( \
-           SELECT pg_catalog.format('%s.%I', d.adrelid::regclass, a.attname) AS name, \
-                  pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS def \
-           FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.adrelid \
-                AND a.attnum OPERATOR(pg_catalog.=) d.adnum WHERE d.adrelid IN (SELECT oid FROM t) \
-           UNION ALL SELECT k.conname::text, pg_catalog.pg_get_constraintdef(k.oid) FROM pg_constraint k \
-           WHERE k.conrelid IN (SELECT oid FROM t) OR k.connamespace OPERATOR(pg_catalog.=) $1::regnamespace \
-           UNION ALL SELECT i.indexrelid::regclass::text, pg_catalog.pg_get_indexdef(i.indexrelid) FROM pg_index i \
-           WHERE i.indrelid IN (SELECT oid FROM t) \
-           UNION ALL SELECT c.oid::regclass::text, pg_catalog.pg_get_partkeydef(c.oid) FROM pg_class c \
-           WHERE c.oid IN (SELECT oid FROM t) AND c.relkind OPERATOR(pg_catalog.=) 'p' \
-           UNION ALL SELECT s.stxname::text, pg_catalog.pg_get_statisticsobjdef(s.oid) FROM pg_statistic_ext s \
-           WHERE s.stxrelid IN (SELECT oid FROM t)) x \
-         WHERE x.def OPERATOR(pg_catalog.~) '(_to_xml[a-z_]*|\\mts_stat|\\mts_rewrite)\\s*\\(') calls",
+        r#"WITH RECURSIVE reach(classid, objid) AS (
+             SELECT 'pg_class'::regclass::oid, c.oid FROM pg_class c
+             WHERE c.relnamespace OPERATOR(pg_catalog.=) $1::regnamespace
+             UNION SELECT 'pg_type'::regclass::oid, y.oid FROM pg_type y
+             WHERE y.typnamespace OPERATOR(pg_catalog.=) $1::regnamespace
+             UNION SELECT 'pg_constraint'::regclass::oid, k.oid FROM pg_constraint k
+             WHERE k.connamespace OPERATOR(pg_catalog.=) $1::regnamespace
+             UNION
+             -- what an object depends on, and its own parts (its
+             -- constraints, defaults, indexes, statistics: they depend on
+             -- it automatically or internally); not past a function, an
+             -- operator, a schema or an extension, nor an extension's object
+             SELECT CASE WHEN d.classid OPERATOR(pg_catalog.=) r.classid AND d.objid OPERATOR(pg_catalog.=) r.objid
+                         THEN d.refclassid ELSE d.classid END,
+                    CASE WHEN d.classid OPERATOR(pg_catalog.=) r.classid AND d.objid OPERATOR(pg_catalog.=) r.objid
+                         THEN d.refobjid ELSE d.objid END
+             FROM reach r JOIN pg_depend d
+               ON (d.classid OPERATOR(pg_catalog.=) r.classid AND d.objid OPERATOR(pg_catalog.=) r.objid
+                   AND d.deptype IN ('n', 'a', 'i'))
+               OR (d.refclassid OPERATOR(pg_catalog.=) r.classid AND d.refobjid OPERATOR(pg_catalog.=) r.objid
+                   AND d.deptype IN ('a', 'i')
+                   AND d.classid NOT IN ('pg_trigger'::regclass, 'pg_rewrite'::regclass, 'pg_policy'::regclass))
+             WHERE r.classid NOT IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_namespace'::regclass,
+                                     'pg_extension'::regclass)
+               AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid OPERATOR(pg_catalog.=) r.classid
+                               AND e.objid OPERATOR(pg_catalog.=) r.objid AND e.deptype OPERATOR(pg_catalog.=) 'e')
+           ),
+           -- the expressions reached, as text: pg_depend holds no built-in
+           -- (pinned) function, so a query-running one shows only there
+           def(what, def) AS (
+             SELECT pg_catalog.pg_describe_object(r.classid, r.objid, 0),
+                    CASE r.classid
+                      WHEN 'pg_attrdef'::regclass THEN
+                        (SELECT pg_catalog.pg_get_expr(a.adbin, a.adrelid) FROM pg_attrdef a WHERE a.oid OPERATOR(pg_catalog.=) r.objid)
+                      WHEN 'pg_constraint'::regclass THEN pg_catalog.pg_get_constraintdef(r.objid)
+                      WHEN 'pg_statistic_ext'::regclass THEN pg_catalog.pg_get_statisticsobjdef(r.objid)
+                      WHEN 'pg_type'::regclass THEN
+                        (SELECT y.typdefault FROM pg_type y WHERE y.oid OPERATOR(pg_catalog.=) r.objid)
+                      WHEN 'pg_class'::regclass THEN
+                        (SELECT CASE c.relkind WHEN 'i' THEN pg_catalog.pg_get_indexdef(c.oid)
+                                               WHEN 'I' THEN pg_catalog.pg_get_indexdef(c.oid)
+                                               WHEN 'p' THEN pg_catalog.pg_get_partkeydef(c.oid) END
+                         FROM pg_class c WHERE c.oid OPERATOR(pg_catalog.=) r.objid)
+                    END
+             FROM reach r
+           )
+           SELECT string_agg(DISTINCT what, ', ') FROM (
+             SELECT pg_catalog.pg_describe_object(r.classid, r.objid, 0) AS what FROM reach r
+             WHERE r.classid IN ('pg_proc'::regclass, 'pg_operator'::regclass)
+               AND r.objid OPERATOR(pg_catalog.>=) 16384::oid
+               AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid OPERATOR(pg_catalog.=) r.classid
+                               AND e.objid OPERATOR(pg_catalog.=) r.objid AND e.deptype OPERATOR(pg_catalog.=) 'e')
+             UNION ALL
+             SELECT what FROM def
+             WHERE def OPERATOR(pg_catalog.~) '(_to_xml[a-z_]*|\mts_stat|\mts_rewrite)\s*\('
+           ) found"#,
         &[tenancy_core::ident::quote_ident(schema).into()],
     )
     .or_raise();
     if let Some(objects) = calling {
         refuse_code(
-            format!("on Citus a tenant's tables may call only built-in functions and operators and those of extensions: {objects} does not"),
+            format!("on Citus a tenant's tables may call only built-in functions and operators and those of extensions: they reach {objects}"),
             "Compute the value in the application or in a trigger (which Citus's copies do not fire), or index the column itself.",
         )
     }
