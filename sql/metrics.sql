@@ -26,6 +26,8 @@ DECLARE
     st record;
     on_citus boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
     shard_total bigint;
+    counts jsonb;
+    tid uuid;
     now_ts timestamptz := clock_timestamp();
 BEGIN
     -- a temporary table of that name the caller made (with a trigger) must
@@ -139,7 +141,7 @@ BEGIN
     SELECT t.id, 'shared', 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL
     FROM tenancy.tenants t WHERE t.isolation = 'shared' AND t.status IN ('active', 'suspended');
     FOR st IN
-        SELECT tbl::regclass AS tbl,
+        SELECT tbl::regclass AS tbl, sch.schema_name,
                (SELECT greatest(c.reltuples, 1) FROM pg_class c WHERE c.oid = tbl) AS est_rows,
                pg_total_relation_size(tbl) AS total, pg_relation_size(tbl) AS heap,
                pg_indexes_size(tbl) AS idx
@@ -148,12 +150,16 @@ BEGIN
         CROSS JOIN LATERAL tenancy._shared_tables(sch.schema_name) tbl
     LOOP
         UPDATE tenancy_metrics_now SET table_count = table_count + 1 WHERE isolation = 'shared';
-        -- on Citus a distributed shared table is an empty shell here: its
-        -- bytes are its shards' on the workers (citus_shards, as for schema
-        -- tenants; citus_total_relation_size refuses a transaction that
-        -- wrote to shards), shared out by the exact count of the rows the
-        -- same scan gives (the shell has no reltuples)
+        -- each tenant's rows, counted never with this function's (the
+        -- superuser's) rights: planning a query on the table loads its
+        -- index expressions and partition key, which a template wrote and
+        -- a hostile review had run as a superuser here
         IF on_citus THEN
+            -- a distributed shared table is an empty shell here: its bytes
+            -- are its shards' on the workers (citus_shards, as for schema
+            -- tenants; citus_total_relation_size refuses a transaction that
+            -- wrote to shards), shared out by the exact count of the rows
+            -- (the shell has no reltuples)
             shard_total := NULL;
             EXECUTE 'SELECT sum(shard_size)::bigint FROM pg_catalog.citus_shards WHERE table_name = $1'
                 INTO shard_total USING st.tbl;
@@ -161,15 +167,32 @@ BEGIN
                 st.total := shard_total;
                 st.est_rows := NULL;
             END IF;
+            -- as the owner role in each tenant's context, which reaches the
+            -- workers (the BYPASSRLS role cannot log in there)
+            counts := '{}';
+            FOR tid IN SELECT t.id FROM tenancy.tenants t
+                       WHERE t.isolation = 'shared' AND t.status IN ('active', 'suspended')
+                         AND tenancy._access_schema(t) = st.schema_name LOOP
+                counts := counts || jsonb_build_object(tid::text, tenancy._as_owner(
+                    format('SELECT to_jsonb(count(*)) FROM %s WHERE tenant_id = $1', st.tbl), tid));
+            END LOOP;
+        ELSIF NOT has_table_privilege(tenancy._db_role('all_tenants'), st.tbl, 'SELECT') THEN
+            -- not a table the extension made shared (rls.sql grants those)
+            counts := '{}';
+        ELSE
+            counts := tenancy._as_all_tenants(format(
+                'SELECT coalesce(jsonb_object_agg(tenant_id, n), ''{}'') '
+                'FROM (SELECT tenant_id, count(*) AS n FROM %s GROUP BY tenant_id) x', st.tbl));
         END IF;
-        EXECUTE format(
-            'UPDATE tenancy_metrics_now m SET row_estimate = m.row_estimate + x.n, '
-            'total_bytes = m.total_bytes + (%s * x.n / x.rows)::bigint, table_bytes = m.table_bytes + (%s * x.n / x.rows)::bigint, '
-            'index_bytes = m.index_bytes + (%s * x.n / x.rows)::bigint '
-            'FROM (SELECT tenant_id, count(*) AS n, coalesce(%s, greatest(sum(count(*)) OVER (), 1)) AS rows '
-            '      FROM %s GROUP BY tenant_id) x '
-            'WHERE m.tenant_id = x.tenant_id AND m.isolation = ''shared''',
-            st.total, st.heap, st.idx, coalesce(st.est_rows::text, 'NULL'), st.tbl);
+        UPDATE tenancy_metrics_now m
+        SET row_estimate = m.row_estimate + x.n,
+            total_bytes = m.total_bytes + (st.total * x.n / x.rows)::bigint,
+            table_bytes = m.table_bytes + (st.heap * x.n / x.rows)::bigint,
+            index_bytes = m.index_bytes + (st.idx * x.n / x.rows)::bigint
+        FROM (SELECT e.key::uuid AS tenant_id, e.value::bigint AS n,
+                     coalesce(st.est_rows, greatest(sum(e.value::bigint) OVER (), 1)) AS rows
+              FROM jsonb_each_text(counts) e) x
+        WHERE m.tenant_id = x.tenant_id AND m.isolation = 'shared';
     END LOOP;
 
     INSERT INTO tenancy.tenant_metrics (tenant_id, collected_at, isolation, table_count, row_estimate,

@@ -190,7 +190,22 @@ pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
 /// rows, else the number of rows it processed.
 #[pg_extern(name = "_as_owner")]
 fn as_owner_sql(sql: &str, tenant: Option<Uuid>) -> JsonB {
-    as_owner("pg_catalog, pg_temp", tenant, || {
+    as_role_sql(&owner_role(), sql, tenant)
+}
+
+/// As `_as_owner`, as `tenancy_all_tenants_<db oid>` (BYPASSRLS): for a
+/// statement the extension wrote that reads every shared tenant's rows at
+/// once (refresh_metrics' counts). Never with the superuser's rights:
+/// planning it loads the table's index expressions and partition key, which
+/// a template wrote. Not on Citus: that role (NOLOGIN) does not reach the
+/// workers.
+#[pg_extern(name = "_as_all_tenants")]
+fn as_all_tenants_sql(sql: &str) -> JsonB {
+    as_role_sql(&db_role("all_tenants"), sql, None)
+}
+
+fn as_role_sql(role: &str, sql: &str, tenant: Option<Uuid>) -> JsonB {
+    as_role(role, "pg_catalog, pg_temp", tenant, || {
         Spi::connect_mut(|c| {
             let args: Vec<pgrx::datum::DatumWithOid> = match tenant {
                 Some(t) if sql.contains("$1") => vec![t.into()],

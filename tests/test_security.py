@@ -1287,6 +1287,33 @@ def test_an_owner_made_type_in_the_shared_tables_never_runs_in_superuser_code(db
         "SELECT tbl::text FROM tenancy._shared_tables('shared_default') tbl")]
 
 
+def test_a_shared_tables_planned_code_never_runs_in_refresh_metrics(db, cluster):
+    """Attack (hostile review on Citus, 2026-12-06; not Citus's alone): the admin's template plants, in the shared schema (the template runs as the owner role, which owns it), tables with tenant_id whose partition key and index call its function; refresh_metrics (the superuser's, and the worker's metrics job) counted each shared table's rows as the superuser, and planning that count folded the calls."""
+    victim = provision(db, "plan_victim", "shared")
+    db.execute("INSERT INTO shared_default.users (tenant_id, email) VALUES (%s, 'a@x'), (%s, 'b@x')", (victim, victim))
+    admin = cluster.admin(db)
+    spec = {"tables": [
+        "CREATE TABLE dummy (id int)",
+        "CREATE FUNCTION shared_default.plan_esc() RETURNS int LANGUAGE plpgsql VOLATILE AS "
+        f"$f$ BEGIN {escalate_quietly(admin)} RETURN 0; END $f$",
+        "CREATE FUNCTION shared_default.plan_key(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS "
+        "$f$ BEGIN RETURN $1 + shared_default.plan_esc(); END $f$",
+        "SELECT 1; CREATE TABLE shared_default.plan_parted (tenant_id uuid, v int) "
+        "PARTITION BY RANGE ((v + shared_default.plan_key(0)))",
+        "SELECT 1; CREATE TABLE shared_default.plan_parted_1 PARTITION OF shared_default.plan_parted DEFAULT",
+        "SELECT 1; CREATE TABLE shared_default.plan_indexed (tenant_id uuid, v int)",
+        "SELECT 1; CREATE INDEX ON shared_default.plan_indexed ((v + shared_default.plan_key(0)))",
+    ]}
+    with cluster.connect(admin) as c:
+        c.execute("SELECT tenancy.register_template('planned', %s::jsonb)", (json.dumps(spec),))
+        c.execute("SELECT tenancy.provision('planned1', NULL, 'planned')")
+    with cluster.su() as su:  # a new session: the tables' keys not cached yet
+        assert one(su, "SELECT tenancy.refresh_metrics()") >= 1
+        assert one(su, "SELECT row_estimate FROM tenancy.latest_metrics WHERE slug = 'plan_victim'") == 2
+    run_every_job(db)
+    assert_not_escalated(db, admin)
+
+
 def test_a_callers_temporary_table_is_not_where_refresh_metrics_writes(db, cluster):
     """Attack: the admin makes a temporary table named like refresh_metrics' own, with a trigger, then calls refresh_metrics() (which runs as the superuser)."""
     provision(db, "temp_victim")
