@@ -1314,6 +1314,26 @@ def test_a_shared_tables_planned_code_never_runs_in_refresh_metrics(db, cluster)
     assert_not_escalated(db, admin)
 
 
+def test_a_shared_tables_planned_code_never_runs_in_move_tenant(db, cluster):
+    """Attack (same review): the admin plants a table with tenant_id and an index calling its function in the shared schema, then moves a shared tenant to a schema of its own: the move looked for the tenant's rows in each shared table with the superuser's rights."""
+    provision(db, "mover", "shared")
+    admin = cluster.admin(db)
+    spec = {"tables": [
+        "CREATE TABLE dummy (id int)",
+        "CREATE FUNCTION shared_default.move_esc() RETURNS int LANGUAGE plpgsql VOLATILE AS "
+        f"$f$ BEGIN {escalate_quietly(admin)} RETURN 0; END $f$",
+        "CREATE FUNCTION shared_default.move_key(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS "
+        "$f$ BEGIN RETURN $1 + shared_default.move_esc(); END $f$",
+        "SELECT 1; CREATE TABLE shared_default.move_trap (tenant_id uuid, v int)",
+        "SELECT 1; CREATE INDEX ON shared_default.move_trap ((v + shared_default.move_key(0)))",
+    ]}
+    with cluster.connect(admin) as c:
+        c.execute("SELECT tenancy.register_template('movetrap', %s::jsonb)", (json.dumps(spec),))
+        c.execute("SELECT tenancy.provision('movetrap1', NULL, 'movetrap')")
+        assert one(c, "SELECT (tenancy.move_tenant('mover', 'schema')).isolation") == "schema"
+    assert_not_escalated(db, admin)
+
+
 def test_a_callers_temporary_table_is_not_where_refresh_metrics_writes(db, cluster):
     """Attack: the admin makes a temporary table named like refresh_metrics' own, with a trigger, then calls refresh_metrics() (which runs as the superuser)."""
     provision(db, "temp_victim")

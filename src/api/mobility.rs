@@ -177,20 +177,33 @@ pub fn tables_to_copy(tenant: Option<Uuid>, from: &Place, to: &Place) -> Vec<Tab
     tables
 }
 
-/// The tenant has rows in `table` of `from`. A fixed read of a plain table
-/// (its `tenant_id` a uuid), with this function's rights: a table of the
-/// shared schema that someone else made is not the owner role's to read.
+/// The tenant has rows in `table` of `from`. Read as the owner role in the
+/// tenant's context, never with this function's (the superuser's) rights:
+/// planning the read loads the table's index expressions, which a template
+/// wrote. A table the owner role may not read (made in the shared schema by
+/// someone else) counts as holding rows: the move is then refused, not
+/// made without them.
 fn has_rows(id: Uuid, from: &Place, table: &str) -> bool {
     let filter = if from.is_shared() {
         " WHERE tenant_id OPERATOR(pg_catalog.=) $1"
     } else {
         ""
     };
-    let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {}{filter})",
-        qualified(from.schema(), table)
-    );
-    catalog::one_or_none(Spi::get_one_with_args::<bool>(&sql, &[id.into()])).unwrap_or(true)
+    let name = qualified(from.schema(), table);
+    let readable = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.has_table_privilege($1, $2::pg_catalog.regclass, 'SELECT')",
+        &[crate::roles::owner_role().into(), name.clone().into()],
+    )
+    .or_raise()
+    .unwrap_or(false);
+    if !readable {
+        return true;
+    }
+    let sql = format!("SELECT EXISTS (SELECT 1 FROM {name}{filter})");
+    crate::roles::as_owner("pg_catalog, pg_temp", Some(id), || {
+        catalog::one_or_none(Spi::get_one_with_args::<bool>(&sql, &[id.into()]))
+    })
+    .unwrap_or(true)
 }
 
 /// Copies a tenant's rows of every table from one place to another: to
