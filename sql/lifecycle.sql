@@ -264,11 +264,16 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    FOR r IN SELECT c.relname FROM pg_class c
+    FOR r IN SELECT c.relname, c.relkind FROM pg_class c
              WHERE c.relnamespace = to_regnamespace(quote_ident(s)) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
                AND NOT c.relispartition
              ORDER BY c.oid LIMIT chunk LOOP
-        EXECUTE format('DROP TABLE IF EXISTS %I.%I CASCADE', s, r.relname);
+        -- each kind by its own DROP: DROP TABLE of a view fails (42809),
+        -- and the worker would try the same chunk again and again
+        EXECUTE format('DROP %s IF EXISTS %I.%I CASCADE',
+                       CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                      WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+                       s, r.relname);
         n := n + 1;
     END LOOP;
     IF n = 0 THEN

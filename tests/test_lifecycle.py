@@ -126,6 +126,19 @@ def test_drop_of_a_200_table_tenant(db):
     assert db.execute("SELECT count(*) FROM pg_class WHERE relname ~ '^t[0-9]+$'").fetchone()[0] == 0
 
 
+def test_drop_of_a_tenant_with_views(db):
+    """A view (and a materialized view) that depends on no table of the
+    schema, made after one: the worker's chunked drop once ran DROP TABLE on
+    it (42809) and retried that chunk forever (a hostile review, 2026-12-06)."""
+    spec = {"tables": ["CREATE TABLE t (id int)", "CREATE VIEW v AS SELECT 1 AS x",
+                       "CREATE MATERIALIZED VIEW mv AS SELECT 2 AS y"]}
+    db.execute("SELECT tenancy.register_template('viewed', %s)", (json.dumps(spec),))
+    db.execute("SELECT tenancy.provision('viewed1', NULL, 'viewed')")
+    db.execute("SELECT tenancy.drop_tenant('viewed1')")
+    wait_for(lambda: db.execute(r"SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenancy\_trash\_%'").fetchone()[0] == 0,
+             timeout=30, what="the schema with views to be removed")
+
+
 def test_bulk_update_all_or_nothing_and_merge(db):
     db.execute("SELECT tenancy.provision('u1'), tenancy.provision('u2')")
     db.execute("""SELECT tenancy.bulk_update(ARRAY['u1', 'u2'], '{"settings": {"tz": "UTC", "beta": true}, "max_users": 10}')""")
