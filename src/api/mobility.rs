@@ -177,12 +177,12 @@ pub fn tables_to_copy(tenant: Option<Uuid>, from: &Place, to: &Place) -> Vec<Tab
     tables
 }
 
-/// The tenant has rows in `table` of `from`. Read as the owner role in the
-/// tenant's context, never with this function's (the superuser's) rights:
-/// planning the read loads the table's index expressions, which a template
-/// wrote. A table the owner role may not read (made in the shared schema by
-/// someone else) counts as holding rows: the move is then refused, not
-/// made without them.
+/// The tenant has rows in `table` of `from`. Read as the table's owner, in
+/// the tenant's context, never with this function's (the superuser's)
+/// rights: planning the read loads the table's index expressions and
+/// partition key, written by whoever made the table (the owner role for a
+/// template's table; a superuser's own table, made by hand in a shared
+/// schema, is read with that superuser's rights, its code being theirs).
 fn has_rows(id: Uuid, from: &Place, table: &str) -> bool {
     let filter = if from.is_shared() {
         " WHERE tenant_id OPERATOR(pg_catalog.=) $1"
@@ -190,17 +190,15 @@ fn has_rows(id: Uuid, from: &Place, table: &str) -> bool {
         ""
     };
     let name = qualified(from.schema(), table);
-    let readable = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.has_table_privilege($1, $2::pg_catalog.regclass, 'SELECT')",
-        &[crate::roles::owner_role().into(), name.clone().into()],
-    )
-    .or_raise()
-    .unwrap_or(false);
-    if !readable {
+    let Some(owner) = catalog::one_or_none(Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.pg_get_userbyid(c.relowner)::text FROM pg_catalog.pg_class c \
+         WHERE c.oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+        &[name.clone().into()],
+    )) else {
         return true;
-    }
+    };
     let sql = format!("SELECT EXISTS (SELECT 1 FROM {name}{filter})");
-    crate::roles::as_owner("pg_catalog, pg_temp", Some(id), || {
+    crate::roles::as_role(&owner, "pg_catalog, pg_temp", Some(id), || {
         catalog::one_or_none(Spi::get_one_with_args::<bool>(&sql, &[id.into()]))
     })
     .unwrap_or(true)
